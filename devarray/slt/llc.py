@@ -1,0 +1,195 @@
+"""The LLC estimator (paper §4, eq. 3) and its online traces (appendix A.4.4, eqs. 9–12).
+
+    λ̂(w*) = nβ [ E^β_{w|w*,γ}[ℓ_n(w)] − ℓ_n(w*) ]                                    (3)
+
+The expectation is the average over the kept SGLD draws (eq. 5), with the minibatch losses
+ℓ_m(w_τ) that the sampler already computed recycled in place of ℓ_n(w_τ) (A.2). ℓ_n(w*) is
+evaluated once, exactly, on a fixed evaluation set: by default the whole dataset (n/m forward
+passes, under 1 % of the sampling cost at the paper's settings); ``init_loss_rows`` caps it at
+the first rows for very large datasets.
+
+:func:`estimate_llc` takes tensors and returns an ``xarray.Dataset`` that follows ArviZ's
+conventions (dimensions ``chain`` and ``draw``), so ``arviz.rhat``/``arviz.ess`` apply to
+``loss`` and ``llc_trace`` directly.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+
+from .diagnostics import DRIFT_THRESHOLD, DRIFT_Z, chain_diagnostics, warn_unhealthy
+from .sgld import LossFn, SGLDSettings, check_dataset, run_chains, sgld_settings
+
+
+def regression_loss(model: nn.Module, tokens: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """ℓ of eq. (2) averaged over positions: mean over contexts and k of (ŷ_k − y_k)²."""
+    return ((model.predict(tokens) - y) ** 2).mean()
+
+
+@torch.no_grad()
+def init_loss(
+    model: nn.Module, loss_fn: LossFn, dataset: Sequence[torch.Tensor], rows: int | None = None, chunk: int = 1024
+) -> float:
+    """ℓ_n(w*) on the first ``rows`` rows (all by default), in chunks, weighted by chunk size.
+
+    Exact when ``loss_fn`` is a mean over rows, as every loss here is.
+    """
+    n = check_dataset(dataset, 1)
+    rows = n if rows is None else rows
+    if not 1 <= rows <= n:
+        raise ValueError(f"init_loss_rows must be between 1 and the dataset's {n} rows, got {rows}")
+    device = next(model.parameters()).device
+    total = 0.0
+    for start in range(0, rows, chunk):
+        part = tuple(x[start : min(start + chunk, rows)].to(device) for x in dataset)
+        total += float(loss_fn(model, *part)) * len(part[0])
+    return total / rows
+
+
+def llc_per_chain(loss: np.ndarray, init: float, nbeta: float) -> np.ndarray:
+    """Eq. (3) per chain: nβ (mean over draws of ℓ_m(w_τ) − ℓ_n(w*)); ``loss`` is (chain, draw)."""
+    return nbeta * (loss.mean(axis=-1) - init)
+
+
+def llc_trace(loss: np.ndarray, init: float, nbeta: float) -> np.ndarray:
+    """Online LLC λ̂_τ after each draw τ = 1..T of each chain (eqs. 9–12).
+
+    λ̂_τ = nβ ((1/τ) Σ_{τ'≤τ} ℓ(w_τ') − ℓ(w*))                                        (9)
+        = (1/τ) ((τ − 1) λ̂_{τ−1} + nβ (ℓ(w_τ) − ℓ(w*))),   λ̂_0 = 0                   (12)
+
+    computed in the closed form (9) as a cumulative mean; the last entry equals eq. (3).
+    """
+    tau = np.arange(1, loss.shape[-1] + 1)
+    return nbeta * (np.cumsum(loss, axis=-1) / tau - init)
+
+
+_CHAIN = ("chain",)
+_CD = ("chain", "draw")
+
+
+def _var(dims, values, long_name, units, description):
+    return xr.Variable(dims, values, {"long_name": long_name, "units": units, "description": description})
+
+
+def llc_dataset(
+    loss: np.ndarray,
+    init: float,
+    settings: SGLDSettings,
+    diverged_step: np.ndarray,
+    num_params: int,
+    *,
+    divergence_threshold: float | None = None,
+    drift_threshold: float = DRIFT_THRESHOLD,
+    drift_z: float = DRIFT_Z,
+) -> xr.Dataset:
+    """Estimates, traces and diagnostics from the kept draws' losses ``loss`` (chain, draw)."""
+    nb = settings.nbeta
+    per_chain = llc_per_chain(loss, init, nb)
+    trace = llc_trace(loss, init, nb)
+    d = chain_diagnostics(nb * (loss - init), per_chain, diverged_step, num_params,
+                          divergence_threshold=divergence_threshold, drift_threshold=drift_threshold, drift_z=drift_z)
+    ok = ~d["diverged"]
+    mean = float(per_chain[ok].mean()) if ok.any() else np.nan
+    std = float(per_chain[ok].std()) if ok.any() else np.nan
+    trace_mean = trace[ok].mean(axis=0) if ok.any() else np.full(loss.shape[1], np.nan)
+    C, T = loss.shape
+    data = {
+        "loss": _var(_CD, loss, "SGLD minibatch loss", "loss",
+                     "Minibatch loss ℓ_m(w_τ) of every kept SGLD draw, recycled into eq. (3) (A.2)."),
+        "llc_trace": _var(_CD, trace, "online LLC trace", "1",
+                          "Running LLC estimate of each chain after each draw (eqs. 9–12)."),
+        "llc_trace_mean": _var(("draw",), trace_mean, "online LLC trace, chain mean", "1",
+                               "Running LLC estimate averaged over non-divergent chains (A.4.4)."),
+        "init_loss": _var((), init, "loss at w*", "loss",
+                          "ℓ_n(w*) on the fixed evaluation set (attr init_loss_rows rows)."),
+        "llc_mean": _var((), mean, "LLC", "1",
+                         "Estimated local learning coefficient (eq. 3), mean over non-divergent chains."),
+        "llc_std": _var((), std, "LLC standard deviation", "1",
+                        "Standard deviation (ddof=0, as devinterp) of the per-chain estimates over non-divergent chains."),
+        "llc_per_chain": _var(_CHAIN, per_chain, "LLC per chain", "1", "Estimate of eq. (3) from each chain alone."),
+        "diverged": _var(_CHAIN, d["diverged"], "diverged", "1",
+                         "The chain hit a non-finite loss or an LLC above attr divergence_threshold; "
+                         "excluded from llc_mean."),
+        "diverged_step": _var(_CHAIN, diverged_step.astype(np.int64), "divergence step", "steps",
+                              "SGLD step (burn-in included) of the first non-finite loss; -1 if none."),
+        "not_converged": _var(_CHAIN, d["not_converged"], "not converged", "1",
+                              "The chain's LLC trace is still drifting over the last part of the chain "
+                              "(|llc_drift| > attr drift_threshold and |llc_drift_z| > attr drift_z)."),
+        "escaped": _var(_CHAIN, d["escaped"], "escaped", "1",
+                        "The chain found loss below ℓ_n(w*) (negative LLC overall or over its last quarter)."),
+        "llc_drift": _var(_CHAIN, d["llc_drift"], "LLC drift", "1",
+                          "Change of the mean LLC increment from the third to the last quarter of the draws, "
+                          "relative to the chain's LLC."),
+        "llc_drift_z": _var(_CHAIN, d["llc_drift_z"], "LLC drift z-score", "1",
+                            "The same change over its standard error from the autocorrelation time (Geweke-style)."),
+    }
+    coords = {
+        "chain": _var(_CHAIN, np.arange(C), "SGLD chain", "1", "Index of an independent SGLD chain (ArviZ's name)."),
+        "draw": _var(("draw",), np.arange(T), "SGLD draw", "1", "SGLD step index after burn-in (ArviZ's name)."),
+    }
+    attrs = settings.to_dict() | {
+        "gamma": settings.localization,
+        "num_steps": settings.num_steps,
+        "num_params": num_params,
+        "divergence_threshold": d["divergence_threshold"],
+        "drift_threshold": drift_threshold,
+        "drift_z": drift_z,
+    }
+    return xr.Dataset(data, coords, attrs)
+
+
+def estimate_llc(
+    model: nn.Module,
+    loss_fn: LossFn,
+    dataset: Sequence[torch.Tensor],
+    settings: SGLDSettings | None = None,
+    *,
+    seed: int = 0,
+    method: str = "auto",
+    init_loss_rows: int | None = None,
+    label: str | None = None,
+    warn: bool = True,
+    compile: bool = False,
+    progress: bool = False,
+    divergence_threshold: float | None = None,
+    drift_threshold: float = DRIFT_THRESHOLD,
+    drift_z: float = DRIFT_Z,
+    **sampler_kwargs,
+) -> xr.Dataset:
+    """Estimate the LLC of ``model`` at its current parameters w* (eq. 3) with SGLD.
+
+    ``loss_fn(model, *batch)`` is the mean loss over a batch of rows of ``dataset``, a tuple of
+    tensors sharing their first dimension n (for the regression transformer:
+    ``regression_loss`` with ``(tokens, y)``). Sampler settings come as an
+    :class:`SGLDSettings` or as keywords of :func:`sgld_settings` (``epsilon``/``lr``,
+    ``nbeta``/``beta_tilde``, ``localization``/``gamma``/``gamma_tilde``, ``batch_size``,
+    ``num_chains``, ``num_draws``, ``num_burnin_steps``). ``method`` picks the chain path
+    ("auto", "batched", "loop"; see :func:`devarray.slt.sgld.choose_method`). With ``warn``,
+    flagged chains raise one :class:`LLCDiagnosticWarning` mentioning ``label``.
+
+    Returns a Dataset over ``chain`` and ``draw`` holding ``loss``, ``llc_trace``,
+    ``llc_trace_mean``, ``init_loss``, ``llc_mean``, ``llc_std``, ``llc_per_chain`` and the
+    diagnostics of :mod:`devarray.slt.diagnostics`; every setting is in its attrs.
+    """
+    if settings is None:
+        settings = sgld_settings(**sampler_kwargs)
+    elif sampler_kwargs:
+        raise ValueError(f"give sampler settings either as an SGLDSettings or as keywords, not both: {sorted(sampler_kwargs)}")
+    n = check_dataset(dataset, settings.batch_size)
+    rows = n if init_loss_rows is None else init_loss_rows
+    init = init_loss(model, loss_fn, dataset, rows, chunk=max(settings.batch_size, 1024))
+    samples = run_chains(model, loss_fn, dataset, settings, seed=seed, method=method, compile=compile, progress=progress)
+    kept = samples.loss[:, settings.num_burnin_steps :].numpy()
+    ds = llc_dataset(kept, init, settings, samples.diverged_step.numpy(), samples.num_params,
+                     divergence_threshold=divergence_threshold, drift_threshold=drift_threshold, drift_z=drift_z)
+    ds.attrs |= {"dataset_size": n, "init_loss_rows": rows, "seed": seed, "method": samples.method}
+    if label is not None:
+        ds.attrs["label"] = label
+    if warn:
+        warn_unhealthy(ds, label)
+    return ds

@@ -1,0 +1,326 @@
+"""SGLD over stacked chains (paper appendix A.2, eqs. 5–8; A.4.1–A.4.3).
+
+One SGLD step of chain c at parameters w_τ, with minibatch loss ℓ_m^{(τ)} (eq. 8 in the
+standard form of Lau et al. and devinterp — the paper's printed eq. 8 drops the minus sign
+and doubles the ½ on γ):
+
+    Δw_τ = −(ε/2) (nβ ∇ℓ_m^{(τ)}(w_τ) + γ (w_τ − w*)) + N(0, ε)
+         = −β̃ ∇ℓ_m^{(τ)}(w_τ) − γ̃ (w_τ − w*) + N(0, ε),   β̃ = ε nβ / 2,  γ̃ = ε γ / 2   (A.4.3)
+
+with w_1 = w* (eqs. 6–7). The chain records ℓ_m^{(τ)}(w_τ), the loss it already computed for
+the gradient, so the estimator can recycle it (A.2).
+
+Chains advance together. All chains' parameters live in one (C, P) tensor of flattened
+parameters; the gradient of every chain comes either from one ``torch.func.vmap`` call over
+the chain dimension ("batched") or from a Python loop over chains ("loop"). Everything else —
+minibatch indices, noise, the update itself — is shared code, so the two paths differ only in
+the rounding of the gradient.
+
+Seeding (A.4.2): chain c draws its minibatches and its noise from two generators derived from
+(seed, c) alone, so every checkpoint sees the same batches and the same noise, a rerun is
+bitwise identical, and the draws do not depend on the path or on the number of chains.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from ..tasks.regression import derive_seed
+
+LossFn = Callable[..., torch.Tensor]
+"""``loss_fn(model, *batch) -> scalar``: the mean loss of ``model`` on a batch of rows."""
+
+METHODS = ("auto", "batched", "loop")
+
+
+@dataclass(frozen=True)
+class SGLDSettings:
+    """Sampler settings in the (ε, nβ, γ) parametrisation; β̃ and γ̃ are derived (A.4.3).
+
+    ``num_draws`` counts the kept draws; each chain takes ``num_burnin_steps + num_draws``
+    steps (the paper's T_SGLD), the first ``num_burnin_steps`` of them discarded.
+    """
+
+    epsilon: float
+    nbeta: float
+    localization: float
+    batch_size: int
+    num_chains: int
+    num_draws: int
+    num_burnin_steps: int = 0
+
+    @property
+    def beta_tilde(self) -> float:
+        return self.epsilon * self.nbeta / 2
+
+    @property
+    def gamma_tilde(self) -> float:
+        return self.epsilon * self.localization / 2
+
+    @property
+    def num_steps(self) -> int:
+        return self.num_burnin_steps + self.num_draws
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"beta_tilde": self.beta_tilde, "gamma_tilde": self.gamma_tilde}
+
+
+def default_nbeta(batch_size: int) -> float:
+    """nβ = m / log m for SGLD batch size m (A.4.1)."""
+    if batch_size < 2:
+        raise ValueError(f"the default nβ = m/log m is undefined for batch_size={batch_size}; pass nbeta")
+    return batch_size / math.log(batch_size)
+
+
+def _same(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
+
+
+def _one_of(names: str, **given: float | None) -> float | None:
+    """The value given under any of several synonyms, refusing two different values."""
+    values = {k: v for k, v in given.items() if v is not None}
+    distinct = set(values.values())
+    if len(distinct) > 1 and not all(_same(v, next(iter(distinct))) for v in distinct):
+        raise ValueError(f"contradictory {names}: {values}; give one of them")
+    return next(iter(values.values()), None)
+
+
+def sgld_settings(
+    *,
+    batch_size: int,
+    num_chains: int = 4,
+    num_draws: int = 200,
+    num_burnin_steps: int = 0,
+    epsilon: float | None = None,
+    lr: float | None = None,
+    nbeta: float | None = None,
+    beta_tilde: float | None = None,
+    localization: float | None = None,
+    gamma: float | None = None,
+    gamma_tilde: float | None = None,
+) -> SGLDSettings:
+    """Resolve either parametrisation into :class:`SGLDSettings`.
+
+    Accepts (ε, nβ, γ) — also under devinterp's names ``lr`` and ``localization`` — or
+    (ε, β̃, γ̃), or any mix from which each of ε, nβ, γ follows through β̃ = ε nβ/2 and
+    γ̃ = ε γ/2. Values that are given twice must agree. nβ defaults to m/log m (A.4.1).
+    """
+    eps = _one_of("step sizes (epsilon, lr)", epsilon=epsilon, lr=lr)
+    gam = _one_of("localizations (gamma, localization)", gamma=gamma, localization=localization)
+    for name, value in dict(epsilon=eps, nbeta=nbeta, beta_tilde=beta_tilde, localization=gam, gamma_tilde=gamma_tilde).items():
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite non-negative number, got {value}")
+
+    # ε may follow from either pair; both pairs must then agree on it.
+    implied = {}
+    if nbeta is not None and beta_tilde is not None and nbeta > 0:
+        implied["2·beta_tilde/nbeta"] = 2 * beta_tilde / nbeta
+    if gam is not None and gamma_tilde is not None and gam > 0:
+        implied["2·gamma_tilde/gamma"] = 2 * gamma_tilde / gam
+    eps = _one_of("step sizes", epsilon=eps, **implied)
+    if eps is None or eps <= 0:
+        raise ValueError("give a positive SGLD step size: epsilon (devinterp's lr), or nbeta with beta_tilde")
+
+    if beta_tilde is not None:
+        nbeta = _one_of("inverse temperatures", nbeta=nbeta, **{"2·beta_tilde/epsilon": 2 * beta_tilde / eps})
+    if nbeta is None:
+        nbeta = default_nbeta(batch_size)
+    if nbeta <= 0:
+        raise ValueError(f"nbeta must be positive, got {nbeta}")
+    if gamma_tilde is not None:
+        gam = _one_of("localizations", gamma=gam, **{"2·gamma_tilde/epsilon": 2 * gamma_tilde / eps})
+    if gam is None:
+        raise ValueError("give a localization strength: localization (γ, also 'gamma') or gamma_tilde (γ̃ = εγ/2)")
+
+    for name, value, low in (("batch_size", batch_size, 1), ("num_chains", num_chains, 1),
+                             ("num_draws", num_draws, 1), ("num_burnin_steps", num_burnin_steps, 0)):
+        if int(value) != value or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value}")
+    return SGLDSettings(float(eps), float(nbeta), float(gam), int(batch_size), int(num_chains),
+                        int(num_draws), int(num_burnin_steps))
+
+
+def check_dataset(dataset: Sequence[torch.Tensor], batch_size: int) -> int:
+    """Rows n of a dataset given as a tuple of tensors sharing their first dimension."""
+    if isinstance(dataset, torch.Tensor) or not len(dataset):
+        raise ValueError("dataset must be a non-empty tuple of tensors sharing their first dimension, e.g. (tokens, y)")
+    sizes = {int(x.shape[0]) for x in dataset}
+    if len(sizes) != 1:
+        raise ValueError(f"dataset tensors must share their first dimension, got lengths {sorted(sizes)}")
+    n = sizes.pop()
+    if batch_size > n:
+        raise ValueError(f"batch_size={batch_size} exceeds the dataset's {n} rows; use a smaller batch or more data")
+    return n
+
+
+class _Bound(nn.Module):
+    """``loss_fn(model, *batch)`` as a module, so ``functional_call`` can swap the model's parameters."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, *batch):
+        return self.loss_fn(self.model, *batch)
+
+
+class FlatLoss:
+    """The loss as a function of one flat vector of the model's trainable parameters.
+
+    Parameters with ``requires_grad=False`` stay fixed at their values (and are not counted
+    in the dimension d); buffers are read from the model.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn):
+        named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError("the model has no trainable parameters to sample")
+        self.names = ["model." + k for k, _ in named]
+        self.shapes = [p.shape for _, p in named]
+        self.numels = [p.numel() for _, p in named]
+        self.w0 = torch.cat([p.detach().reshape(-1) for _, p in named])
+        self.module = _Bound(model, loss_fn)
+
+    def __call__(self, w: torch.Tensor, *batch: torch.Tensor) -> torch.Tensor:
+        params = {k: c.view(s) for k, c, s in zip(self.names, torch.split(w, self.numels), self.shapes)}
+        return functional_call(self.module, params, batch)
+
+
+class _BatchStream:
+    """Minibatch row indices of one chain: epochs of a seeded permutation (no repeats within an
+    epoch). With m = n every step takes the whole dataset in order (full-batch SGLD)."""
+
+    def __init__(self, n: int, m: int, gen: torch.Generator):
+        self.n, self.m, self.gen = n, m, gen
+        self.perm, self.pos = torch.arange(n), n  # pos = n: the first call starts an epoch
+
+    def next(self) -> torch.Tensor:
+        if self.m == self.n:
+            return self.perm
+        if self.pos + self.m > self.n:
+            self.perm, self.pos = torch.randperm(self.n, generator=self.gen), 0
+        idx = self.perm[self.pos : self.pos + self.m]
+        self.pos += self.m
+        return idx
+
+
+@dataclass
+class ChainSamples:
+    """Raw output of :func:`run_chains`: every step's minibatch loss, burn-in included."""
+
+    loss: torch.Tensor  # (C, num_steps) float64, NaN after a chain diverged
+    diverged_step: torch.Tensor  # (C,) int64, first step with a non-finite loss, -1 if none
+    method: str
+    num_params: int
+    seconds: float
+
+
+def chain_generators(seed: int, chain: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
+    """The (minibatch, noise) generators of one chain, derived from (seed, chain) only (A.4.2)."""
+    batches = torch.Generator().manual_seed(derive_seed(seed, "sgld", chain, "batches"))
+    noise = torch.Generator(device=device).manual_seed(derive_seed(seed, "sgld", chain, "noise"))
+    return batches, noise
+
+
+# Rule of thumb behind method="auto", from benchmarks/llc_throughput.py on a 2-core CPU with the
+# regression transformer (C=8): vmap wins while a chain's minibatch is small, because it turns
+# C small matmuls into one bigger batched matmul and pays Python overhead once; from about
+# 256 × 16 tokens per chain-step each chain's matmuls already saturate the cores and the loop
+# avoids vmap's extra copies. On CUDA the batched path always wins (one kernel launch per op
+# for all chains).
+_LOOP_MIN_ELEMENTS = 256 * 16 * 5
+
+
+def choose_method(method: str, device: torch.device, batch_example: Sequence[torch.Tensor], num_chains: int) -> str:
+    """Resolve ``method``: "batched" and "loop" are taken as given; "auto" follows the rule above.
+
+    The rule is deterministic (no timing probe), so a rerun always takes the same path and
+    gives bitwise-identical numbers.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method != "auto":
+        return method
+    if device.type != "cpu" or num_chains == 1:
+        return "batched" if num_chains > 1 else "loop"
+    row_elements = sum(x[0].numel() for x in batch_example) * batch_example[0].shape[0]
+    return "loop" if row_elements >= _LOOP_MIN_ELEMENTS else "batched"
+
+
+def run_chains(
+    model: nn.Module,
+    loss_fn: LossFn,
+    dataset: Sequence[torch.Tensor],
+    settings: SGLDSettings,
+    *,
+    seed: int = 0,
+    method: str = "auto",
+    compile: bool = False,
+    progress: bool = False,
+) -> ChainSamples:
+    """Run ``settings.num_chains`` SGLD chains from the model's current parameters w*.
+
+    ``dataset`` is a tuple of tensors sharing their first dimension n (moved to the model's
+    device). Returns every step's minibatch loss ℓ_m^{(τ)}(w_τ). A chain whose loss becomes
+    non-finite is frozen from that step on (its later losses are NaN) while the others go on.
+    ``compile=True`` wraps the gradient function in ``torch.compile`` (optional: worth it only
+    for long chains, and it must be supported on the platform).
+    """
+    n = check_dataset(dataset, settings.batch_size)
+    flat = FlatLoss(model, loss_fn)
+    device, dtype = flat.w0.device, flat.w0.dtype
+    data = tuple(x.to(device) for x in dataset)
+    C, m, P = settings.num_chains, settings.batch_size, flat.w0.numel()
+    method = choose_method(method, device, tuple(x[:m] for x in data), C)
+
+    grad_fn = grad_and_value(flat)
+    if method == "batched":
+        grad_fn = vmap(grad_fn)
+    if compile:
+        grad_fn = torch.compile(grad_fn, dynamic=False)
+
+    gens = [chain_generators(seed, c, device) for c in range(C)]
+    streams = [_BatchStream(n, m, g) for g, _ in gens]
+    w0 = flat.w0.expand(C, P)
+    w = flat.w0.repeat(C, 1)
+    noise = torch.empty(C, P, device=device, dtype=dtype)
+    losses = torch.full((C, settings.num_steps), float("nan"), device=device, dtype=torch.float64)
+    alive = torch.ones(C, dtype=torch.bool, device=device)
+    diverged_step = torch.full((C,), -1, dtype=torch.long, device=device)
+    bt, gt, sqrt_eps = settings.beta_tilde, settings.gamma_tilde, math.sqrt(settings.epsilon)
+
+    steps = range(settings.num_steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc=f"SGLD {C} chains ({method})", unit="step")
+    start = time.perf_counter()
+    for t in steps:
+        idx = torch.stack([s.next() for s in streams]).to(device)
+        batch = tuple(x[idx] for x in data)  # (C, m, ...)
+        for c, (_, g) in enumerate(gens):
+            noise[c].normal_(generator=g)
+        if method == "batched":
+            grad, loss = grad_fn(w, *batch)
+        else:
+            grad, loss = torch.zeros_like(w), torch.full((C,), float("nan"), device=device, dtype=dtype)
+            for c in alive.nonzero().flatten().tolist():
+                grad[c], loss[c] = grad_fn(w[c], *(x[c] for x in batch))
+        # A chain's first non-finite loss is kept; from then on it is frozen and records NaN.
+        losses[:, t] = torch.where(alive, loss.detach().to(torch.float64), float("nan"))
+        bad = alive & ~torch.isfinite(loss)
+        diverged_step = torch.where(bad, t, diverged_step)
+        alive = alive & ~bad
+        # Eq. (8) as Δw = −β̃∇ℓ_m − γ̃(w − w*) + √ε ξ; frozen chains keep their last finite w.
+        step = grad.mul(bt).add_(w - w0, alpha=gt).sub_(noise, alpha=sqrt_eps)
+        w = torch.where(alive[:, None], w - step, w)
+    seconds = time.perf_counter() - start
+    return ChainSamples(losses.cpu(), diverged_step.cpu(), method, P, seconds)

@@ -1,0 +1,358 @@
+"""The run store: one zarr (format 3) hierarchy per training run, the single source of truth.
+
+Groups follow the YAML schemas in ``schemas/``. Arrays are pre-allocated from the checkpoint
+schedule with one checkpoint per chunk along ``step``, so every checkpoint is an independent
+region write and two processes never write the same chunk. A boolean ``done`` array per group
+(written after the data) says what is complete; readers trust ``done``, not the presence of
+numbers. Only this module touches zarr; everything else reads through xarray.
+
+Metadata (group and array creation, attributes) is changed only by the driving process and is
+consolidated after each change, so ``xr.open_zarr(path, group=...)`` needs no devarray import.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import glob
+import os
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import zarr
+
+import schemas
+
+from . import __version__
+
+SCHEMA_VERSION = 1
+
+# zarr warns that fixed-width unicode is not yet in the v3 spec; xarray reads it fine.
+warnings.filterwarnings("ignore", message=".*(unstable|not part of the Zarr format 3).*")
+warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+
+
+class StoreError(Exception):
+    """A user-facing problem with a store; the message is one line that says what to do."""
+
+
+@dataclass
+class VarSpec:
+    """A variable to allocate: its dims, dtype and CF attributes (``long_name``, ``units``,
+    ``description``). ``chunk`` is the chunk length along the group's index dim (default 1)."""
+
+    dims: tuple[str, ...]
+    dtype: str
+    attrs: dict = field(default_factory=dict)
+    chunk: int | None = None
+
+    @classmethod
+    def from_schema(cls, spec: dict) -> "VarSpec":
+        attrs = {k: spec[k] for k in ("long_name", "units", "description") if k in spec}
+        return cls(tuple(spec["dims"]), spec["dtype"], attrs, spec.get("chunk"))
+
+
+def _fill_value(dtype: np.dtype):
+    if dtype.kind == "f":
+        return np.nan
+    if dtype.kind == "b":
+        return False
+    if dtype.kind in "iu":
+        return -1 if dtype.kind == "i" else 0
+    if dtype.kind == "U":
+        return ""
+    raise StoreError(f"unsupported dtype {dtype}; use float, int, bool or fixed-width str")
+
+
+class RunStore:
+    """A run store on disk. Create with :meth:`create`, open with :meth:`open`."""
+
+    def __init__(self, path: str | os.PathLike, root: zarr.Group):
+        self.path = Path(path)
+        self.root = root
+        self._arrays: dict[str, zarr.Array] = {}  # open array handles; metadata is immutable once made
+        self._steps: dict[str, np.ndarray] = {}
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def create(cls, path, config: dict, *, overwrite: bool = False) -> "RunStore":
+        """A new, empty store whose root attributes hold ``config``.
+
+        An existing store is replaced only with ``overwrite=True``."""
+        path = Path(path)
+        if path.exists():
+            if not overwrite:
+                raise StoreError(f"{path} already exists; pass --overwrite to replace it")
+            shutil.rmtree(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            root = zarr.open_group(str(path), mode="w-", zarr_format=3)
+        except OSError as e:
+            raise StoreError(f"cannot create {path}: {e.strerror or e}; choose a writable --out path") from None
+        root.attrs.update(
+            {
+                "config": config,
+                "task": config.get("task_name", ""),
+                "seed": config.get("seed", -1),
+                "preset": config.get("preset", ""),
+                "schema_version": SCHEMA_VERSION,
+                "devarray_version": __version__,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            }
+        )
+        store = cls(path, root)
+        store.consolidate()
+        return store
+
+    @classmethod
+    def open(cls, path, mode: str = "r+") -> "RunStore":
+        """Open an existing store and validate it against the schemas."""
+        path = Path(path)
+        if not (path / "zarr.json").exists():
+            raise StoreError(f"{path} is not a run store (no zarr.json); train one with `devarray train`")
+        # live metadata, not the consolidated copy: another process may have added a group
+        root = zarr.open_group(str(path), mode=mode, zarr_format=3, use_consolidated=False)
+        if "config" not in root.attrs:
+            raise StoreError(f"{path} is a zarr store but not a devarray run store (no config attribute)")
+        version = root.attrs.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"{path} has schema version {version}, this devarray reads {SCHEMA_VERSION}")
+        store = cls(path, root)
+        store.validate()
+        return store
+
+    def consolidate(self) -> None:
+        self._arrays.clear()
+        self._steps.clear()
+        zarr.consolidate_metadata(str(self.path))
+
+    # ------------------------------------------------------------------ metadata
+    @property
+    def config(self) -> dict:
+        return self.root.attrs["config"]
+
+    def has_group(self, name: str) -> bool:
+        return name in self.root.group_keys()
+
+    def group(self, name: str) -> zarr.Group:
+        if not self.has_group(name):
+            raise StoreError(f"{self.path} has no group {name!r}; groups: {', '.join(self.groups()) or 'none'}")
+        return zarr.open_group(self.root.store, path=name, mode=self.root.read_only and "r" or "r+",
+                               zarr_format=3, use_consolidated=False)
+
+    def groups(self) -> list[str]:
+        return sorted(self.root.group_keys())
+
+    def array(self, group: str, name: str) -> zarr.Array:
+        key = f"{group}/{name}"
+        if key not in self._arrays:
+            g = self.group(group)
+            if name not in g:
+                raise StoreError(f"{self.path} has no variable {key}")
+            self._arrays[key] = g[name]
+        return self._arrays[key]
+
+    def steps(self, group: str = "params") -> np.ndarray:
+        """The checkpoint steps of a group (its ``step`` coordinate)."""
+        if group not in self._steps:
+            self._steps[group] = self.array(group, "step")[:]
+        return self._steps[group]
+
+    def index_of(self, group: str, step: int) -> int:
+        steps = self.steps(group)
+        i = np.searchsorted(steps, step)
+        if i >= len(steps) or steps[i] != step:
+            raise StoreError(f"step {step} is not a checkpoint of {self.path}; checkpoints: {steps[0]}…{steps[-1]}")
+        return int(i)
+
+    # ------------------------------------------------------------------ creating groups
+    def create_group(
+        self,
+        name: str,
+        coords: dict[str, np.ndarray],
+        variables: dict[str, VarSpec] | None = None,
+        attrs: dict | None = None,
+        *,
+        overwrite: bool = False,
+    ) -> zarr.Group:
+        """Allocate group ``name`` from its schema plus ``variables`` (for dynamic groups).
+
+        ``coords`` gives the values of every dimension coordinate the variables use."""
+        schema = schemas.load(name)
+        if self.has_group(name):
+            if not overwrite:
+                raise StoreError(f"{self.path} already has group {name!r}; pass --overwrite to recompute it")
+            del self.root[name]
+        g = self.root.create_group(name, attributes={"description": schema["description"], **(attrs or {})})
+        for cname, cspec in schema["coords"].items():
+            if cname in coords:
+                self._create_coord(g, cname, np.asarray(coords[cname]), cspec)
+        specs = {k: VarSpec.from_schema(v) for k, v in schema["variables"].items()}
+        specs.update(variables or {})
+        self._add(g, schema, specs, coords)
+        self.consolidate()
+        return g
+
+    def add_variables(self, name: str, variables: dict[str, VarSpec], coords: dict[str, np.ndarray] | None = None,
+                      *, overwrite: bool = False) -> None:
+        """Add variables (and any new dimension coordinates) to an existing dynamic group."""
+        schema = schemas.load(name)
+        if not schema.get("dynamic"):
+            raise StoreError(f"group {name!r} has a fixed schema; new variables go in 'observables'")
+        g = self.group(name)
+        coords = dict(coords or {})
+        for cname, values in coords.items():
+            if cname in g:
+                if not np.array_equal(g[cname][:], np.asarray(values)):
+                    raise StoreError(f"coordinate {cname!r} of {name!r} differs from the stored one")
+            else:
+                self._create_coord(g, cname, np.asarray(values), {})
+        for vname in variables:
+            if vname in g:
+                if not overwrite:
+                    raise StoreError(f"{name}/{vname} already exists; pass --overwrite to recompute it")
+                del g[vname]
+        all_coords = {c: g[c][:] for c in g.array_keys() if g[c].metadata.dimension_names == (c,)}
+        self._add(g, schema, variables, all_coords)
+        self.consolidate()
+
+    @staticmethod
+    def _create_coord(g: zarr.Group, cname: str, values: np.ndarray, cspec: dict) -> None:
+        attrs = {k: cspec[k] for k in ("long_name", "units", "description") if k in cspec}
+        dtype = np.dtype(cspec.get("dtype", values.dtype))
+        arr = g.create_array(cname, shape=values.shape, chunks=values.shape or (1,), dtype=dtype,
+                             fill_value=_fill_value(dtype), dimension_names=[cname], attributes=attrs)
+        arr[...] = values.astype(dtype)
+
+    def _add(self, g: zarr.Group, schema: dict, specs: dict[str, VarSpec], coords: dict) -> None:
+        index = schema.get("index")
+        sizes = {c: len(np.asarray(v)) for c, v in coords.items()}
+        for vname, spec in specs.items():
+            missing = [d for d in spec.dims if d not in sizes]
+            if missing:
+                raise StoreError(f"{g.name}/{vname}: no coordinate for dims {missing}")
+            shape = tuple(sizes[d] for d in spec.dims)
+            chunks = tuple(
+                (spec.chunk or 1) if d == index else sizes[d] for d in spec.dims
+            )
+            chunks = tuple(max(1, min(c, s)) for c, s in zip(chunks, shape)) or (1,)
+            dtype = np.dtype(spec.dtype)
+            g.create_array(vname, shape=shape, chunks=chunks, dtype=dtype, fill_value=_fill_value(dtype),
+                           dimension_names=list(spec.dims), attributes=dict(spec.attrs))
+
+    def set_attrs(self, group: str, **attrs) -> None:
+        self.group(group).attrs.update(attrs)
+        self.consolidate()
+
+    # ------------------------------------------------------------------ writing data
+    def write(self, group: str, step: int, values: dict[str, np.ndarray]) -> None:
+        """Write one checkpoint's region of several variables (no metadata changes)."""
+        i = self.index_of(group, step)
+        for name, value in values.items():
+            self.array(group, name)[i] = np.asarray(value)
+
+    def write_slice(self, group: str, start: int, values: dict[str, np.ndarray]) -> None:
+        """Write a contiguous range along the group's index dim, starting at position ``start``."""
+        for name, value in values.items():
+            value = np.asarray(value)
+            self.array(group, name)[start : start + len(value)] = value
+
+    def mark_done(self, group: str, step: int, flag: str = "done") -> None:
+        self.array(group, flag)[self.index_of(group, step)] = True
+
+    def done_steps(self, group: str, flag: str = "done") -> np.ndarray:
+        if not self.has_group(group) or flag not in self.group(group):
+            return np.array([], dtype=np.int64)
+        return self.steps(group)[self.array(group, flag)[:]]
+
+    # ------------------------------------------------------------------ reading
+    def dataset(self, group: str) -> xr.Dataset:
+        self.group(group)  # clear error when missing
+        return xr.open_zarr(str(self.path), group=group, consolidated=False)
+
+    def read_params(self, step: int) -> dict[str, np.ndarray]:
+        """All parameter tensors of one checkpoint, as numpy arrays keyed by state_dict name."""
+        if step not in set(self.done_steps("params").tolist()):
+            raise StoreError(f"checkpoint {step} of {self.path} is not written (not done)")
+        i = self.index_of("params", step)
+        return {k: self.array("params", k)[i] for k in self.variables("params") if k != "done"}
+
+    def variables(self, group: str) -> list[str]:
+        """Names of the data variables of a group (not its coordinates), sorted."""
+        g = self.group(group)
+        return sorted(k for k in g.array_keys() if tuple(g[k].metadata.dimension_names or ()) != (k,))
+
+    def validate(self) -> None:
+        """Check every group against its schema: dims, dtypes and CF attributes."""
+        for name in self.groups():
+            if name not in schemas.GROUPS:
+                continue  # user groups are allowed; they are not ours to check
+            schema = schemas.load(name)
+            g = self.group(name)
+            for vname, vspec in schema["variables"].items():
+                if vname not in g:
+                    raise StoreError(f"{self.path}: {name}/{vname} is missing (schema {name}.yaml)")
+                arr = g[vname]
+                if tuple(arr.metadata.dimension_names or ()) != tuple(vspec["dims"]):
+                    raise StoreError(f"{self.path}: {name}/{vname} has dims {arr.metadata.dimension_names}, "
+                                     f"schema says {vspec['dims']}")
+                if np.dtype(arr.dtype) != np.dtype(vspec["dtype"]):
+                    raise StoreError(f"{self.path}: {name}/{vname} has dtype {arr.dtype}, schema says {vspec['dtype']}")
+            index = schema.get("index")
+            for vname in g.array_keys():
+                arr = g[vname]
+                dims = tuple(arr.metadata.dimension_names or ())
+                if index and dims[:1] != (index,) and dims != (vname,):
+                    raise StoreError(f"{self.path}: {name}/{vname} does not start with dim {index!r}")
+                if not {"long_name", "units"} <= set(arr.attrs) and dims != (vname,):
+                    raise StoreError(f"{self.path}: {name}/{vname} lacks long_name/units attributes")
+
+    def summary(self) -> str:
+        """What the store holds and how complete it is (for ``devarray info``)."""
+        cfg = self.config
+        lines = [f"{self.path}  task={cfg.get('task_name')} preset={cfg.get('preset')} seed={cfg.get('seed')}"]
+        for name in self.groups():
+            g = self.group(name)
+            variables = sorted(k for k in g.array_keys() if g[k].metadata.dimension_names != (k,))
+            flags = [v for v in variables if v == "done" or v.startswith("done_")]
+            data = [v for v in variables if v not in flags]
+            index = schemas.load(name).get("index") if name in schemas.GROUPS else None
+            if index and flags:
+                total = g[index].shape[0]
+                parts = []
+                for f in flags:
+                    n = int(np.count_nonzero(g[f][:]))
+                    parts.append(f"{f.removeprefix('done_') if f != 'done' else 'done'} {n}/{total}")
+                status = ", ".join(parts)
+            else:
+                status = "written"
+            lines.append(f"  {name:<12} {len(data):3d} variables  {status}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- public helpers
+def open_run(path) -> xr.DataTree:
+    """A whole run store as an ``xarray.DataTree`` (groups as children, config in root attrs)."""
+    RunStore.open(path, mode="r")
+    return xr.open_datatree(str(path), engine="zarr", consolidated=False)
+
+
+def open_runs(pattern: str, group: str) -> xr.Dataset:
+    """One group of every store matching ``pattern``, concatenated along a new ``run`` dim,
+    with ``seed``, ``task`` and ``preset`` as coordinates along ``run``."""
+    paths = sorted(glob.glob(pattern))
+    if not paths:
+        raise StoreError(f"no run stores match {pattern!r}")
+    datasets, names, seeds, tasks, presets = [], [], [], [], []
+    for p in paths:
+        store = RunStore.open(p, mode="r")
+        datasets.append(store.dataset(group))
+        names.append(Path(p).name.removesuffix(".zarr"))
+        seeds.append(int(store.root.attrs.get("seed", -1)))
+        tasks.append(str(store.root.attrs.get("task", "")))
+        presets.append(str(store.root.attrs.get("preset", "")))
+    ds = xr.concat(datasets, dim="run", join="outer", combine_attrs="drop_conflicts")
+    return ds.assign_coords(run=names, seed=("run", seeds), task=("run", tasks), preset=("run", presets))

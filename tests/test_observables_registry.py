@@ -1,0 +1,162 @@
+"""The observable registry: registration rules, validation, labelling, caching, no_grad."""
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from devarray import observables as obs
+from devarray.models.regression import RegressionConfig, RegressionTransformer
+from devarray.observables.registry import Registry, cached
+from devarray.tasks.regression import RegressionTask
+
+TINY = RegressionConfig(D=2, K=3, L=1, H=2, d_embed=8, d_mlp=8)
+
+
+@pytest.fixture
+def reg():
+    return Registry()
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return RegressionTransformer(TINY)
+
+
+def weight_norm(model, probe):
+    """Norm of every parameter tensor.
+
+    More text that is not part of the description."""
+    return xr.DataArray(float(sum(p.square().sum() for p in model.parameters()) ** 0.5))
+
+
+def test_register_get_names_and_attrs(reg, model):
+    reg.observable(name="wn", units="1", long_name="weight norm")(weight_norm)
+
+    @reg.observable(
+        name="pair",
+        task="demo",
+        train_time=True,
+        variables={"a": dict(dims=("i",), units="m", description="first"), "b": dict(dims=())},
+    )
+    def pair(model, probe):
+        """Two variables."""
+        return xr.Dataset({"a": ("i", np.arange(3.0)), "b": 1.0})
+
+    assert reg.names() == ["pair", "wn"]
+    assert reg.names(task="demo") == ["pair"] and reg.names(train_time=True) == ["pair"]
+    assert reg.get("wn").variables[0].description == "Norm of every parameter tensor."
+    assert set(reg.variables()) == {"a", "b", "wn"}
+
+    ds = reg.compute(model, ["wn", "pair"], probe=None)
+    assert ds["wn"].attrs == {"long_name": "weight norm", "units": "1", "description": "Norm of every parameter tensor."}
+    assert ds["a"].attrs == {"long_name": "a", "units": "m", "description": "first"}
+    assert ds["b"].attrs["description"] == "Two variables."
+    expected = float(torch.cat([p.detach().flatten() for p in model.parameters()]).norm())
+    assert ds["wn"].item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_unknown_name_lists_registered(reg):
+    reg.observable(name="wn")(weight_norm)
+    with pytest.raises(KeyError, match=r"unknown observable 'x'; registered: wn"):
+        reg.get("x")
+
+
+def test_duplicate_registration_rules(reg):
+    reg.observable(name="wn")(weight_norm)
+    reg.observable(name="wn")(weight_norm)  # the same function again is fine
+    other = lambda model, probe: xr.DataArray(0.0)  # noqa: E731
+    with pytest.raises(ValueError, match="already registered"):
+        reg.observable(name="wn", description="zero")(other)
+    reg.observable(name="wn", description="zero", replace=True)(other)
+    assert reg.get("wn").func is other
+    with pytest.raises(ValueError, match="variable 'wn' is already produced by observable 'wn'"):
+        reg.observable(name="other", variables={"wn": dict(dims=(), description="x")})(weight_norm)
+
+
+def test_spec_errors(reg):
+    with pytest.raises(ValueError, match="must not contain 'step'"):
+        reg.observable(name="s", dims=("step",), description="x")(weight_norm)
+    with pytest.raises(ValueError, match="no description"):
+        reg.observable(name="s")(lambda model, probe: None)
+
+
+def test_results_are_validated_against_spec(reg, model):
+    reg.observable(name="bad_dims", dims=("layer",), description="x")(lambda m, p: xr.DataArray([1.0], dims="head"))
+    reg.observable(name="not_xarray", description="x")(lambda m, p: 1.0)
+    reg.observable(name="missing", variables={"u": dict(dims=(), description="x"), "v": dict(dims=(), description="x")})(
+        lambda m, p: xr.Dataset({"u": 1.0})
+    )
+    reg.observable(name="array_for_dataset", variables={"w": dict(dims=(), description="x")})(
+        lambda m, p: xr.DataArray(1.0)
+    )
+    with pytest.raises(ValueError, match=r"observable 'bad_dims': variable 'bad_dims' has dims \('head',\), declared \('layer',\)"):
+        reg.compute(model, "bad_dims", None)
+    with pytest.raises(TypeError, match="observable 'not_xarray' returned float"):
+        reg.compute(model, "not_xarray", None)
+    with pytest.raises(ValueError, match=r"observable 'missing' returned variables \['u'\], declared \['u', 'v'\]"):
+        reg.compute(model, "missing", None)
+    with pytest.raises(TypeError, match="observable 'array_for_dataset' returned a DataArray"):
+        reg.compute(model, "array_for_dataset", None)
+
+
+def test_dims_are_put_in_declared_order(reg, model):
+    reg.observable(name="m", dims=("a", "b"), description="x")(lambda m, p: xr.DataArray(np.zeros((3, 2)), dims=("b", "a")))
+    assert reg.compute(model, "m", None)["m"].dims == ("a", "b")
+
+
+def test_conflicting_coordinates_are_reported(reg, model):
+    reg.observable(name="p", dims=("k",), description="x")(lambda m, p: xr.DataArray([0.0, 1.0], dims="k", coords={"k": [1, 2]}))
+    reg.observable(name="q", dims=("k",), description="x")(lambda m, p: xr.DataArray([0.0, 1.0], dims="k", coords={"k": [0, 1]}))
+    with pytest.raises(ValueError, match="disagree on shared coordinates"):
+        reg.compute(model, ["p", "q"], None)
+
+
+def test_compute_runs_without_grad_in_eval_mode_and_shares_cache(reg, model):
+    calls, seen = [], {}
+
+    def expensive():
+        calls.append(1)
+        return 2.0
+
+    @reg.observable(name="first", description="x")
+    def first(model, probe):
+        seen["grad"], seen["training"] = torch.is_grad_enabled(), model.training
+        return xr.DataArray(cached("key", expensive))
+
+    reg.observable(name="second", description="x")(lambda m, p: xr.DataArray(cached("key", expensive) + 1))
+
+    model.train()
+    ds = reg.compute(model, ["first", "second"], None)
+    assert (ds["first"].item(), ds["second"].item()) == (2.0, 3.0)
+    assert len(calls) == 1 and seen == {"grad": False, "training": False}
+    assert model.training and torch.is_grad_enabled()
+    reg.compute(model, ["first"], None)
+    assert len(calls) == 2  # the cache lives for one compute call only
+    cached("key", expensive)
+    assert len(calls) == 3  # and outside compute nothing is cached
+
+
+def test_probe_attrs_are_attached(model):
+    probe = obs.make_probe(RegressionTask(D=2, K=3), seed=3, n=16, n_ood=4)
+    ds = obs.compute(model, "layernorm_collapse", probe)
+    assert ds.attrs == {"probe_seed": 3, "probe_n": 16, "probe_n_ood": 4}
+
+
+def test_regression_observables_are_registered_with_declared_dims():
+    assert obs.names(train_time=True) == ["attn_entropy", "attn_variability", "layernorm_collapse"]
+    assert set(obs.names(task="regression")) == set(obs.names())
+    for name in obs.names():
+        for var in obs.get(name).variables:
+            assert var.description and var.long_name and var.units
+
+
+def test_compute_all_is_deterministic_and_train_time_path_identical(model):
+    probe = obs.make_probe(RegressionTask(D=2, K=3), seed=0, n=64, n_ood=8)
+    full = obs.compute(model, None, probe)
+    again = obs.compute(model, None, probe)
+    xr.testing.assert_identical(full, again)
+    assert set(full.data_vars) == set(obs.variables())
+    train_time = obs.compute(model, obs.names(train_time=True), probe)
+    xr.testing.assert_identical(train_time, full[list(train_time.data_vars)])
