@@ -2,7 +2,7 @@
 
     python benchmarks/observe.py [--checkpoints 5] [--threads N]
 
-Averages over several random-weight "checkpoints" measured on one probe of the default size.
+Takes the median over several random-weight "checkpoints" measured on one probe of the default size.
 Prints the total per checkpoint, its ratio to a bare forward pass over the probe's
 in-distribution batch measured in the same run (the baseline), and each part's share: the
 shared forward passes and attention summary once, then every observable's own work.
@@ -11,6 +11,7 @@ shared forward passes and attention summary once, then every observable's own wo
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections import defaultdict
 
@@ -88,15 +89,15 @@ def main() -> None:
         t0 = time.perf_counter()
         obs.compute(model, obs.names(train_time=True), probe)
         train_time.append(time.perf_counter() - t0)
-        reg.compute(model, reg.names(), probe)
+        reg.compute(model, [f"shared{i}" for i in range(len(SHARED))] + names, probe)  # shared parts first
 
-    def mean(xs):
-        return sum(xs) / len(xs)
+    def mean(xs):  # the median: robust to the other processes that share a small CPU
+        return statistics.median(xs)
 
     n_ctx = probe.n + 2 * len(probe.gains) * probe.n_ood
     print(f"paper-size model, {args.checkpoints} random-weight checkpoints, torch threads {torch.get_num_threads()}")
     print(f"probe: {probe.n} in-distribution contexts + 2 x {len(probe.gains)} gains x {probe.n_ood} OOD = {n_ctx} contexts")
-    print(f"all {len(names)} observables: {mean(total) * 1e3:7.1f} ms per checkpoint (min {min(total) * 1e3:.1f})"
+    print(f"all {len(names)} observables: {mean(total) * 1e3:7.1f} ms per checkpoint (median; min {min(total) * 1e3:.1f})"
           f" = {mean(total) / mean(baseline):.1f} x baseline")
     print(f"train-time observables:   {mean(train_time) * 1e3:7.1f} ms per checkpoint = {mean(train_time) / mean(baseline):.1f} x baseline")
     print(f"baseline (one forward over {probe.n} contexts): {mean(baseline) * 1e3:.1f} ms")

@@ -243,6 +243,30 @@ class RunStore:
             g.create_array(vname, shape=shape, chunks=chunks, dtype=dtype, fill_value=_fill_value(dtype),
                            dimension_names=list(spec.dims), attributes=dict(spec.attrs))
 
+    def allocate_like(self, name: str, example: xr.Dataset, steps: np.ndarray, attrs: dict | None = None,
+                      *, overwrite: bool = False) -> None:
+        """Allocate group ``name`` (or add to a dynamic one) for per-checkpoint results shaped like
+        ``example``: every data variable gets ``step`` prepended; its coords become the group's."""
+        known = schemas.load(name)["variables"]
+        specs = {}
+        for v, da in example.data_vars.items():
+            dtype = da.dtype if da.dtype.kind != "U" else np.dtype("U32")  # labels: fixed width
+            dtype = np.dtype(known[v]["dtype"]) if v in known else dtype
+            specs[v] = VarSpec(("step", *da.dims), dtype.str, dict(da.attrs))
+        coords = {"step": steps}
+        for d in {d for da in example.data_vars.values() for d in da.dims}:
+            coords[d] = example[d].values if d in example.coords else np.arange(example.sizes[d])
+        if name in self.groups() and schemas.load(name).get("dynamic"):
+            self.add_variables(name, specs, {k: v for k, v in coords.items() if k != "step"}, overwrite=overwrite)
+            if attrs:
+                self.set_attrs(name, **attrs)
+        else:
+            self.create_group(name, coords, specs, attrs, overwrite=overwrite)
+
+    def write_dataset(self, group: str, step: int, ds: xr.Dataset) -> None:
+        """Write one checkpoint's results (shaped as given to :meth:`allocate_like`)."""
+        self.write(group, step, {v: ds[v].values for v in ds.data_vars})
+
     def set_attrs(self, group: str, **attrs) -> None:
         self.group(group).attrs.update(attrs)
         self.consolidate()

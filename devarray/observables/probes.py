@@ -106,24 +106,32 @@ def forward(model: torch.nn.Module, probe: Probe) -> Forward:
     every behavioural and attention observable."""
 
     def run() -> Forward:
-        out, patterns = model(_as_input(model, probe.tokens), return_attention=True)
-        attention = torch.stack(patterns) if patterns else out.new_zeros(0)
+        outs, patterns = zip(*(model(chunk, return_attention=True) for chunk in _chunks(model, probe.tokens)))
+        out = torch.cat(outs)
+        attention = torch.stack([torch.cat(block) for block in zip(*patterns)]) if patterns[0] else out.new_zeros(0)
         return Forward(out[:, 0::2, 0].double().cpu(), attention)
 
     return cached(("forward", id(model), id(probe)), run)
 
 
 def ood_predictions(model: torch.nn.Module, probe: Probe) -> torch.Tensor:
-    """ŷ on every OOD batch in one forward pass, float64 (kind, g, n_ood, K)."""
+    """ŷ on every OOD batch in one pass, float64 (kind, g, n_ood, K)."""
 
     def run() -> torch.Tensor:
-        flat = _as_input(model, probe.ood_tokens.flatten(0, 2))
-        return model(flat)[:, 0::2, 0].double().cpu().view(probe.ood_y.shape)
+        out = torch.cat([model(chunk) for chunk in _chunks(model, probe.ood_tokens.flatten(0, 2))])
+        return out[:, 0::2, 0].double().cpu().view(probe.ood_y.shape)
 
     return cached(("ood", id(model), id(probe)), run)
 
 
-def _as_input(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """``tokens`` on the model's device and in its dtype (a parameter-free model takes them as they are)."""
+# Contexts per model call: on a CPU the activations of a few hundred contexts stay in cache,
+# which made the paper-size forward pass 3x faster than one call over thousands of contexts.
+CHUNK = 512
+
+
+def _chunks(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``tokens`` on the model's device and in its dtype (a parameter-free model takes them as
+    they are), split into :data:`CHUNK`-context pieces."""
     param = next(model.parameters(), None)
-    return tokens if param is None else tokens.to(device=param.device, dtype=param.dtype)
+    tokens = tokens if param is None else tokens.to(device=param.device, dtype=param.dtype)
+    return tokens.split(CHUNK)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
@@ -255,6 +256,25 @@ def choose_method(method: str, device: torch.device, batch_example: Sequence[tor
     return "loop" if row_elements >= _LOOP_MIN_ELEMENTS else "batched"
 
 
+def _grad_fn(flat: FlatLoss, method: str) -> Callable:
+    """(w, *batch) -> (∇ℓ_m(w), ℓ_m(w)); for "batched", w and the batch carry a leading chain dim."""
+    fn = grad_and_value(flat)
+    return vmap(fn) if method == "batched" else fn
+
+
+# Compiled gradient functions per model object, so that estimating many checkpoints with one
+# model (weights loaded in place) compiles once; parameters enter as arguments, not constants.
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _compiled(model: nn.Module, loss_fn: LossFn, method: str, flat: FlatLoss) -> Callable:
+    key = (loss_fn, method, tuple(flat.names), tuple(flat.shapes))
+    cache = _COMPILED.setdefault(model, {})
+    if key not in cache:
+        cache[key] = torch.compile(_grad_fn(flat, method), dynamic=False)
+    return cache[key]
+
+
 def run_chains(
     model: nn.Module,
     loss_fn: LossFn,
@@ -271,8 +291,9 @@ def run_chains(
     ``dataset`` is a tuple of tensors sharing their first dimension n (moved to the model's
     device). Returns every step's minibatch loss ℓ_m^{(τ)}(w_τ). A chain whose loss becomes
     non-finite is frozen from that step on (its later losses are NaN) while the others go on.
-    ``compile=True`` wraps the gradient function in ``torch.compile`` (optional: worth it only
-    for long chains, and it must be supported on the platform).
+    ``compile=True`` wraps the gradient function in ``torch.compile``, once per model object
+    and path (tens of seconds on a CPU; worth it for thousands of chain-steps at m ≥ 256, see
+    benchmarks/llc_throughput.py; results agree with eager within float rounding).
     """
     n = check_dataset(dataset, settings.batch_size)
     flat = FlatLoss(model, loss_fn)
@@ -281,11 +302,7 @@ def run_chains(
     C, m, P = settings.num_chains, settings.batch_size, flat.w0.numel()
     method = choose_method(method, device, tuple(x[:m] for x in data), C)
 
-    grad_fn = grad_and_value(flat)
-    if method == "batched":
-        grad_fn = vmap(grad_fn)
-    if compile:
-        grad_fn = torch.compile(grad_fn, dynamic=False)
+    grad_fn = _compiled(model, loss_fn, method, flat) if compile else _grad_fn(flat, method)
 
     gens = [chain_generators(seed, c, device) for c in range(C)]
     streams = [_BatchStream(n, m, g) for g, _ in gens]
@@ -322,5 +339,5 @@ def run_chains(
         # Eq. (8) as Δw = −β̃∇ℓ_m − γ̃(w − w*) + √ε ξ; frozen chains keep their last finite w.
         step = grad.mul(bt).add_(w - w0, alpha=gt).sub_(noise, alpha=sqrt_eps)
         w = torch.where(alive[:, None], w - step, w)
-    seconds = time.perf_counter() - start
-    return ChainSamples(losses.cpu(), diverged_step.cpu(), method, P, seconds)
+    losses, diverged_step = losses.cpu(), diverged_step.cpu()  # waits for the device
+    return ChainSamples(losses, diverged_step, method, P, time.perf_counter() - start)

@@ -97,13 +97,18 @@ class RegressionTask:
 def tokenize(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Tokens of F.2.2: x-tokens (0, x_k) at even positions, y-tokens (y_k, 0, …, 0) at odd ones.
 
-    ``x`` (n, K, D), ``y`` (n, K) -> (n, 2K, D+1).
+    ``x`` (..., K, D), ``y`` (..., K) -> (..., 2K, D+1).
     """
-    n, K, D = x.shape
-    tokens = x.new_zeros(n, 2 * K, D + 1)
-    tokens[:, 0::2, 1:] = x
-    tokens[:, 1::2, 0] = y
-    return tokens
+    # built by concatenation, not slice assignment, so that it works under torch.func.vmap
+    x_tok = torch.cat([torch.zeros_like(x[..., :1]), x], dim=-1)
+    y_tok = torch.cat([y[..., None], torch.zeros_like(x)], dim=-1)
+    return torch.stack([x_tok, y_tok], dim=-2).flatten(-3, -2)
+
+
+def mse_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The regression loss ℓ_n of eq. (2) on a batch of contexts given as (x, y): tokenised here,
+    so a dataset of 2²⁰ contexts is held as x and y, 3/5 of the size of its tokens."""
+    return ((model.predict(tokenize(x, y)) - y) ** 2).mean()
 
 
 def ridge_predict(x: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:

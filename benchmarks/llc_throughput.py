@@ -1,0 +1,108 @@
+"""SGLD throughput of the LLC sampler on the regression transformer (51,717 parameters).
+
+For 8 chains and minibatches of 64, 256 and 1,024 contexts, measures chain-steps per second of
+the per-chain loop, the batched (vmap) path and the path that ``method="auto"`` chooses, and
+the achieved model FLOP rate, 6 × parameters × tokens per second, as a fraction of the dense
+fp32 matmul rate (a 2048² matmul) measured in the same run. Methods are timed in alternating
+rounds and the best round is kept, so a noisy shared machine hurts every path alike.
+
+    python benchmarks/llc_throughput.py [--device cuda] [--threads 1] [--compile]
+
+``--compile`` also times the chosen path under ``torch.compile`` (compile time reported
+separately) and checks that its losses match eager within float rounding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from devarray.models.regression import RegressionTransformer, count_parameters
+from devarray.slt.llc import regression_loss
+from devarray.slt.sgld import choose_method, run_chains, sgld_settings
+from devarray.tasks.regression import RegressionTask
+
+
+def matmul_rate(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
+    """Best dense fp32 matmul rate in FLOP/s."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        (a @ b).sum().item()
+        best = min(best, time.perf_counter() - t)
+    return 2 * size**3 / best
+
+
+def throughput(model, data, m, chains, steps, method, compile=False) -> tuple[float, torch.Tensor]:
+    settings = sgld_settings(batch_size=m, num_chains=chains, num_draws=steps, epsilon=1e-4, localization=100.0)
+    r = run_chains(model, regression_loss, data, settings, seed=0, method=method, compile=compile)
+    return chains * steps / r.seconds, r.loss
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--chains", type=int, default=8)
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256, 1024])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--compile", action="store_true")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    torch.manual_seed(0)
+    model = RegressionTransformer().to(device)
+    P = count_parameters(model)
+    batch = RegressionTask().dataset(16 * max(args.batch_sizes), "bench")
+    data = (batch.tokens.to(device), batch.y.to(device))
+    tokens_per_row = data[0].shape[1]
+    peak = matmul_rate(device)
+    print(f"device {device}, {torch.get_num_threads()} threads, model {P:,} parameters, {args.chains} chains")
+    print(f"dense fp32 matmul (2048²): {peak / 1e9:.1f} GFLOP/s\n")
+
+    rows = []
+    for m in args.batch_sizes:
+        steps = max(3, 4096 // m)
+        chosen = choose_method("auto", device, tuple(x[:m] for x in data), args.chains)
+        best = {"loop": 0.0, "batched": 0.0}
+        for method in best:  # warm-up: allocator, first-call overheads
+            throughput(model, data, m, args.chains, 1, method)
+        for _ in range(args.rounds):
+            for method in best:
+                best[method] = max(best[method], throughput(model, data, m, args.chains, steps, method)[0])
+        row = {"m": m, "chosen": chosen, "loop": best["loop"], "batched": best["batched"], "auto": best[chosen]}
+        if args.compile:
+            t = time.perf_counter()
+            throughput(model, data, m, args.chains, 1, chosen, compile=True)
+            row["compile_s"] = time.perf_counter() - t
+            rate, loss_c = throughput(model, data, m, args.chains, steps, chosen, compile=True)
+            _, loss_e = throughput(model, data, m, args.chains, steps, chosen)
+            row["compiled"] = rate
+            row["compiled_max_rel_diff"] = float(((loss_c - loss_e).abs() / loss_e.abs()).max())
+        rows.append(row)
+
+    flop = lambda r, key: 6 * P * r["m"] * tokens_per_row * r[key] / peak
+    head = f"{'m':>5} {'chosen':>8} {'loop':>9} {'batched':>9} {'auto':>9} {'auto/loop':>9} {'batch/loop':>10} {'auto FLOP/matmul':>16}"
+    if args.compile:
+        head += f" {'compiled':>9} {'comp/auto':>9} {'comp FLOP/matmul':>16} {'compile s':>9} {'max rel Δloss':>13}"
+    print("chain-steps per second (best of rounds)")
+    print(head)
+    for r in rows:
+        line = (f"{r['m']:>5} {r['chosen']:>8} {r['loop']:>9.1f} {r['batched']:>9.1f} {r['auto']:>9.1f} "
+                f"{r['auto'] / r['loop']:>9.2f} {r['batched'] / r['loop']:>10.2f} {flop(r, 'auto'):>16.1%}")
+        if args.compile:
+            line += (f" {r['compiled']:>9.1f} {r['compiled'] / r['auto']:>9.2f} {flop(r, 'compiled'):>16.1%}"
+                     f" {r['compile_s']:>9.1f} {r['compiled_max_rel_diff']:>13.1e}")
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""The per-checkpoint map shared by every pipeline.
+
+A pipeline is a function ``task(path, step, **kwargs) -> dict`` that opens the store, computes
+one checkpoint, writes its region and sets its done flag. :func:`map_checkpoints` runs it over
+the pending steps with progress: in this process (``workers=0``), on a fresh
+``distributed.LocalCluster`` of ``workers`` single-threaded processes, or on the scheduler at
+``scheduler``. Torch's thread count is set inside every task on purpose (``threads``): equal
+thread counts give bitwise-equal numbers whichever way the pipeline runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+
+def _with_threads(task: Callable, threads: int | None) -> Callable:
+    def run(*args, **kwargs):
+        if threads:
+            torch.set_num_threads(threads)
+        return task(*args, **kwargs)
+
+    run.__name__ = getattr(task, "__name__", "task")
+    return run
+
+
+@contextlib.contextmanager
+def client_for(workers: int, scheduler: str | None):
+    """A dask ``Client``: connected to ``scheduler``, or on a new LocalCluster; None for in-process."""
+    if not scheduler and workers <= 0:
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        with Client(scheduler) as client:
+            yield client
+        return
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        yield client
+
+
+def map_checkpoints(
+    task: Callable[..., dict],
+    path,
+    steps: Iterable[int],
+    *,
+    workers: int = 0,
+    scheduler: str | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+    desc: str = "",
+    **kwargs,
+) -> list[dict]:
+    """Run ``task(str(path), step, **kwargs)`` for every step; results in completion order.
+
+    ``threads`` defaults to the machine's cores in-process and to 1 per worker on a cluster."""
+    steps = [int(s) for s in steps]
+    path = str(path)
+    if not steps:
+        return []
+    distributed = bool(scheduler) or workers > 0
+    threads = threads or (1 if distributed else torch.get_num_threads() or os.cpu_count())
+    run = _with_threads(task, threads)
+    bar = tqdm(total=len(steps), desc=desc, unit="ckpt", disable=not progress)
+    results = []
+    with client_for(workers, scheduler) as client:
+        if client is None:
+            for step in steps:
+                results.append(run(path, step, **kwargs))
+                bar.update()
+        else:
+            from distributed import as_completed
+
+            futures = [client.submit(run, path, step, pure=False, key=f"{desc or 'task'}-{step}", **kwargs)
+                       for step in steps]
+            for future in as_completed(futures):
+                results.append(future.result())
+                bar.update()
+    bar.close()
+    return results
