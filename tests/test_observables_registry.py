@@ -88,7 +88,7 @@ def test_results_are_validated_against_spec(reg, model):
     reg.observable(name="missing", variables={"u": dict(dims=(), description="x"), "v": dict(dims=(), description="x")})(
         lambda m, p: xr.Dataset({"u": 1.0})
     )
-    reg.observable(name="array_for_dataset", variables={"w": dict(dims=(), description="x")})(
+    reg.observable(name="array_for_dataset", variables={"w": dict(dims=()), "z": dict(dims=())}, description="x")(
         lambda m, p: xr.DataArray(1.0)
     )
     with pytest.raises(ValueError, match=r"observable 'bad_dims': variable 'bad_dims' has dims \('head',\), declared \('layer',\)"):
@@ -99,6 +99,30 @@ def test_results_are_validated_against_spec(reg, model):
         reg.compute(model, "missing", None)
     with pytest.raises(TypeError, match="observable 'array_for_dataset' returned a DataArray"):
         reg.compute(model, "array_for_dataset", None)
+
+
+def test_single_variable_may_be_returned_as_dataarray(reg, model):
+    reg.observable(name="one", variables={"w": dict(dims=())}, description="x")(lambda m, p: xr.DataArray(1.0))
+    assert reg.compute(model, "one", None)["w"].item() == 1.0
+
+
+def test_redefined_module_function_replaces_silently(reg):
+    reg.observable(name="wn")(weight_norm)
+
+    def weight_norm_again(model, probe):
+        """Redefined."""
+
+    weight_norm_again.__qualname__, weight_norm_again.__module__ = weight_norm.__qualname__, weight_norm.__module__
+    reg.observable(name="wn")(weight_norm_again)  # as after a module reload or a notebook cell re-run
+    assert reg.get("wn").func is weight_norm_again
+
+
+def test_a_string_is_one_dim_and_errors_name_the_observable(reg, model):
+    reg.observable(name="s", dims="layer", description="x")(lambda m, p: 1 / 0)
+    assert reg.get("s").variables[0].dims == ("layer",)
+    with pytest.raises(ZeroDivisionError) as info:
+        reg.compute(model, "s", None)
+    assert "while computing observable 's'" in str(info.value.__notes__)
 
 
 def test_dims_are_put_in_declared_order(reg, model):

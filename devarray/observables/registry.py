@@ -50,10 +50,6 @@ class ObservableSpec:
     train_time: bool = False
     task: str | None = None
 
-    @property
-    def returns_dataset(self) -> bool:
-        """True when ``func`` returns a Dataset of named variables rather than one DataArray."""
-        return not (len(self.variables) == 1 and self.variables[0].name == self.name)
 
 
 def cached(key: Hashable, fn: Callable[[], Any]) -> Any:
@@ -119,7 +115,7 @@ class Registry:
             specs = tuple(
                 VariableSpec(
                     name=var,
-                    dims=tuple(v.get("dims", ())),
+                    dims=_as_names(v.get("dims", ())),
                     units=v.get("units") or units,
                     long_name=v.get("long_name") or var.replace("_", " "),
                     description=v.get("description") or default_description,
@@ -138,7 +134,7 @@ class Registry:
 
     def _add(self, spec: ObservableSpec, replace: bool) -> None:
         old = self._specs.get(spec.name)
-        if old is not None and old.func is not spec.func and not _same_function(old.func, spec.func) and not replace:
+        if old is not None and not _same_function(old.func, spec.func) and not replace:
             raise ValueError(
                 f"observable {spec.name!r} is already registered by {_qualname(old.func)}; "
                 f"pass replace=True to register {_qualname(spec.func)} instead"
@@ -178,13 +174,13 @@ class Registry:
         results (:func:`cached`) between observables. Each result is checked against its spec;
         the probe's ``attrs()`` (seed, sizes) become the Dataset's attrs.
         """
-        specs = [self.get(n) for n in (self.names() if names is None else _as_names(names))]
+        specs = [self.get(n) for n in dict.fromkeys(self.names() if names is None else _as_names(names))]
         was_training = model.training
         model.eval()
         token = _CACHE.set({})
         try:
             with torch.no_grad():
-                parts = [_labelled(spec, spec.func(model, probe)) for spec in specs]
+                parts = [_labelled(spec, _call(spec, model, probe)) for spec in specs]
         finally:
             _CACHE.reset(token)
             model.train(was_training)
@@ -197,15 +193,23 @@ class Registry:
         return ds
 
 
+def _call(spec: ObservableSpec, model: torch.nn.Module, probe: Any) -> Any:
+    try:
+        return spec.func(model, probe)
+    except Exception as err:
+        err.add_note(f"while computing observable {spec.name!r} ({_qualname(spec.func)})")
+        raise
+
+
 def _labelled(spec: ObservableSpec, result: xr.DataArray | xr.Dataset) -> xr.Dataset:
     """``result`` checked against ``spec``, as a Dataset whose variables carry the spec's attrs."""
     if isinstance(result, xr.DataArray):
-        if spec.returns_dataset:
+        if len(spec.variables) != 1:
             raise TypeError(
                 f"observable {spec.name!r} returned a DataArray but declares variables "
                 f"{[v.name for v in spec.variables]}; return an xarray.Dataset"
             )
-        result = result.to_dataset(name=spec.name)
+        result = result.to_dataset(name=spec.variables[0].name)
     elif not isinstance(result, xr.Dataset):
         raise TypeError(f"observable {spec.name!r} returned {type(result).__name__}, not an xarray DataArray or Dataset")
     declared = [v.name for v in spec.variables]
@@ -222,8 +226,9 @@ def _labelled(spec: ObservableSpec, result: xr.DataArray | xr.Dataset) -> xr.Dat
     return xr.Dataset(out)
 
 
-def _as_names(names: Iterable[str] | str) -> list[str]:
-    return [names] if isinstance(names, str) else list(names)
+def _as_names(names: Iterable[str] | str) -> tuple[str, ...]:
+    """A bare string is one name (``dims="layer"`` is one dim, not five)."""
+    return (names,) if isinstance(names, str) else tuple(names)
 
 
 def _qualname(func: Callable) -> str:
@@ -231,10 +236,9 @@ def _qualname(func: Callable) -> str:
 
 
 def _same_function(a: Callable, b: Callable) -> bool:
-    """The same source function, e.g. a module re-imported or reloaded: re-registering it is fine."""
-    return _qualname(a) == _qualname(b) and getattr(a, "__code__", None) is not None and (
-        a.__code__.co_code == getattr(b, "__code__", a.__code__).co_code
-    )
+    """The same object, or the same module-level function defined again (a module reloaded, a
+    notebook cell re-run); lambdas and closures are only ever the same as themselves."""
+    return a is b or (_qualname(a) == _qualname(b) and "<" not in _qualname(a))
 
 
 REGISTRY = Registry()

@@ -50,6 +50,9 @@ HEAD_CLASSES = (
     ("self", "attn_self"),
 )
 
+# fixed width, so every checkpoint's labels fit the array preallocated from the first one
+LABEL_DTYPE = f"<U{max(len(c) for c, _ in HEAD_CLASSES)}"
+
 
 def query_positions(K: int) -> dict[str, np.ndarray]:
     """0-based token positions of the x- and y-queries every attention metric averages over."""
@@ -131,7 +134,7 @@ def classify_heads(scores: dict[str, dict[str, np.ndarray]]) -> dict[str, np.nda
         label = np.full(shape, "none", dtype=object)
         for cls, score in reversed(HEAD_CLASSES):  # later assignments take precedence
             label[scores[score][q] >= HEAD_CLASS_THRESHOLD] = cls
-        out[q] = label.astype(str)
+        out[q] = label.astype(LABEL_DTYPE)
     return out
 
 
