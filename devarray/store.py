@@ -31,7 +31,7 @@ from . import __version__
 SCHEMA_VERSION = 1
 
 # zarr warns that fixed-width unicode is not yet in the v3 spec; xarray reads it fine.
-warnings.filterwarnings("ignore", message=".*(unstable|not part of the Zarr format 3).*")
+warnings.filterwarnings("ignore", message=".*(unstable|not part of the Zarr format 3|does not have a Zarr V3 specification).*")
 warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
 
 
@@ -108,8 +108,9 @@ class RunStore:
         return store
 
     @classmethod
-    def open(cls, path, mode: str = "r+") -> "RunStore":
-        """Open an existing store and validate it against the schemas."""
+    def open(cls, path, mode: str = "r+", *, validate: bool = True) -> "RunStore":
+        """Open an existing store and validate it against the schemas (pipeline workers skip
+        that: their driver has validated the store, and it costs a read of every array's metadata)."""
         path = Path(path)
         if not (path / "zarr.json").exists():
             raise StoreError(f"{path} is not a run store (no zarr.json); train one with `devarray train`")
@@ -121,7 +122,8 @@ class RunStore:
         if version != SCHEMA_VERSION:
             raise StoreError(f"{path} has schema version {version}, this devarray reads {SCHEMA_VERSION}")
         store = cls(path, root)
-        store.validate()
+        if validate:
+            store.validate()
         return store
 
     def consolidate(self) -> None:

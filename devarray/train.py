@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
+from . import observables as obs
+from .observables import storage as obs_storage
 from .checkpoints import build_model, checkpoint_schedule, load_state
 from .models.regression import RegressionConfig
 from .store import RunStore, StoreError, VarSpec
@@ -44,6 +46,8 @@ class Schedule:
     pct_start: float = 0.5
     n_test: int = 2048
 
+
+PROBE_SEED = 0  # the probe of train-time observables; pipelines/observe.py defaults to the same
 
 PRESETS: dict[str, Schedule] = {
     # seconds: for tests
@@ -168,6 +172,11 @@ def prepare_store(path, config: TrainConfig, *, overwrite: bool = False) -> tupl
                        attrs=_Evaluator(task, config.schedule.n_test).baselines())
     n = config.schedule.num_steps
     store.create_group("train", {"train_step": np.arange(1, n + 1)})
+    store.create_group("observables", {"step": steps})
+    names = obs.names(train_time=True)
+    if names:  # shapes from the initial model; values are written at every checkpoint
+        model.eval()
+        obs_storage.allocate(store, names, obs.compute(model, names, obs.make_probe(task, PROBE_SEED)))
     return store, False
 
 
@@ -222,7 +231,8 @@ def train(
             return _summary(store, 0.0, resumed_from=start, steps_run=0)
 
     evaluator = _Evaluator(task, schedule.n_test)
-    probe, train_obs = None, []  # train-time observables: wired in with the registry
+    train_obs = obs.names(train_time=True)
+    probe = obs.make_probe(task, PROBE_SEED) if train_obs else None
     losses = torch.empty(schedule.num_steps)
     lrs = np.empty(schedule.num_steps, dtype=np.float32)
     flushed = start  # train/ holds every step before this one
@@ -288,7 +298,7 @@ def _snapshot(model, opt: torch.optim.Adam, evaluator, probe, train_obs) -> dict
                       for m in ("exp_avg", "exp_avg_sq")} if opt.state else {},
     }
     if train_obs:
-        snap["observables"] = obs.compute_values(model, train_obs, probe)
+        snap["observables"] = obs_storage.values(obs.compute(model, train_obs, probe), train_obs)
     model.train()
     return snap
 
@@ -299,10 +309,10 @@ def _write_checkpoint(store: RunStore, step: int, snap: dict, losses, lrs, first
     store.write_slice("train", first, {"done": np.ones(len(losses), bool)})
     store.write("params", step, snap["params"])
     store.write("eval", step, snap["eval"])
-    if "observables" in snap:
-        obs.write_values(store, step, snap["observables"])
     store.mark_done("params", step)
     store.mark_done("eval", step)
+    if "observables" in snap:
+        obs_storage.write(store, step, snap["observables"])
     if snap["optimizer"]:
         store.write("optimizer", step, snap["optimizer"])
     store.mark_done("optimizer", step)

@@ -32,7 +32,7 @@ def sgld_dataset(config: dict, n: int):
 
 def _estimate(path: str, step: int, *, settings: dict, seed: int, dataset_size: int,
               init_loss_rows: int | None, method: str) -> dict:
-    store = RunStore.open(path)
+    store = RunStore.open(path, validate=False)
     model = load_model(store, step)
     ds = estimate_llc(model, mse_loss, sgld_dataset(store.config, dataset_size), SGLDSettings(**settings),
                       seed=seed, method=method, init_loss_rows=init_loss_rows, label=f"step {step}", warn=False)

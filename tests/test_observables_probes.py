@@ -1,6 +1,7 @@
 """Probe data: seeded, identical on every call, OOD sets as in eqs. 18–19."""
 
 import numpy as np
+import pytest
 import torch
 
 from devarray.observables import make_probe
@@ -59,3 +60,10 @@ def test_task_prior_mean_and_finite_task_set():
 
     assert in_task_set(p.t) and in_task_set(p.ood_t[0, 1])  # OOD inputs keep the run's tasks
     assert not in_task_set(p.ood_t[1, 0])  # OOD tasks are fresh draws from N(0, gI)
+
+
+def test_bad_sizes_and_gains_are_refused():
+    with pytest.raises(ValueError, match="positive gains"):
+        make_probe(TASK, 0, gains=[1.0, 0.0])
+    with pytest.raises(ValueError, match="n_ood=0"):
+        make_probe(TASK, 0, n_ood=0)

@@ -20,7 +20,7 @@ from devarray.observables.registry import (
     observable,
     variables,
 )
-from devarray.observables import regression  # noqa: E402  registers the regression observables
+from devarray.observables import regression  # importing registers the regression observables
 
 __all__ = [
     "REGISTRY",

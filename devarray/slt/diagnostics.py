@@ -3,10 +3,12 @@
 Three failure modes, each a boolean variable over ``chain``:
 
 ``diverged``
-    The chain hit a non-finite loss (the sampler froze it there), or its LLC estimate exceeds
-    ``divergence_threshold`` (default d, the number of sampled parameters: twice d/2, the
-    largest LLC any point can have, so only an exploding chain gets there). Diverged chains
-    are excluded from ``llc_mean``/``llc_std`` — never silently averaged.
+    At some step the chain's loss was non-finite or exploded: its LLC increment
+    nβ(ℓ_m(w_τ) − ℓ_n(w*)) exceeded ``divergence_threshold`` (default max(d, 100) with d the
+    number of sampled parameters: twice d/2, the largest LLC any point can have, and far out
+    in the tail of a healthy chain's increments even for tiny d). The sampler freezes such a
+    chain at that step (:func:`default_divergence_threshold`); it is excluded from
+    ``llc_mean``/``llc_std`` — never silently averaged.
 ``not_converged``
     The chain's LLC is still drifting at the end. With u_τ = nβ(ℓ_m(w_τ) − ℓ_n(w*)) the
     per-draw increments of eq. (12), compare the mean of u over the last quarter of the kept
@@ -16,12 +18,13 @@ Three failure modes, each a boolean variable over ``chain``:
         llc_drift_z = (ū_Q4 − ū_Q3) / sqrt(se_Q3² + se_Q4²)           (Geweke-style z)
 
     with standard errors σ_Q sqrt(τ_int / q) from the chain's integrated autocorrelation time
-    τ_int (Geyer's initial positive sequence) over q draws per quarter. Flagged when |llc_drift| > ``drift_threshold`` (default 0.1)
+    τ_int (Geyer's initial positive sequence, on the detrended chain) over q draws per quarter. Flagged when |llc_drift| > ``drift_threshold`` (default 0.1)
     *and* |llc_drift_z| > ``drift_z`` (default 3): a change large enough to matter and too
-    large to be sampling noise. Chains with fewer than 8 draws are not judged.
+    large to be sampling noise. Chains with fewer than 40 draws are not judged.
 ``escaped``
-    The chain found loss below ℓ_n(w*): λ̂_c < 0 or ū_Q4 < 0 (figure A.5, bottom). Flagged
-    chains stay in the mean (they are valid samples of a badly localised posterior).
+    The chain found loss well below ℓ_n(w*) (figure A.5, bottom): over the last quarter its
+    mean increment is negative beyond noise, ū_Q4 < −``drift_z`` · se_Q4. Flagged chains stay
+    in the mean (they are valid samples of a badly localised posterior).
 
 :func:`warn_unhealthy` raises one :class:`LLCDiagnosticWarning` naming the flagged chains.
 """
@@ -40,7 +43,7 @@ class LLCDiagnosticWarning(UserWarning):
 
 DRIFT_THRESHOLD = 0.1
 DRIFT_Z = 3.0
-MIN_DRAWS = 8
+MIN_DRAWS = 40
 
 
 def _autocorr_time(x: np.ndarray) -> float:
@@ -60,50 +63,53 @@ def _autocorr_time(x: np.ndarray) -> float:
 def _quarter_stats(u: np.ndarray) -> tuple[float, float, float, float]:
     """Means of u over the third and the last quarter, and their standard errors.
 
-    The standard errors use one autocorrelation time estimated from both quarters together,
-    each centred on its own mean so that a drift does not pass for autocorrelation.
+    The standard errors use one autocorrelation time, estimated from the whole chain after
+    removing its linear trend, so that a drift does not pass for autocorrelation.
     """
     q = len(u) // 4
     q3, q4 = u[len(u) - 2 * q : len(u) - q], u[len(u) - q :]
-    tau = _autocorr_time(np.concatenate([q3 - q3.mean(), q4 - q4.mean()]))
+    t = np.arange(len(u))
+    tau = _autocorr_time(u - np.polyval(np.polyfit(t, u, 1), t))
     return q3.mean(), q3.std() * np.sqrt(tau / q), q4.mean(), q4.std() * np.sqrt(tau / q)
+
+
+def default_divergence_threshold(num_params: int) -> float:
+    """Default bound on a chain's LLC increment per draw, max(d, 100) (see ``diverged`` above)."""
+    return float(max(num_params, 100))
 
 
 def chain_diagnostics(
     increments: np.ndarray,
     llc_per_chain: np.ndarray,
     diverged_step: np.ndarray,
-    num_params: int,
     *,
-    divergence_threshold: float | None = None,
     drift_threshold: float = DRIFT_THRESHOLD,
     drift_z: float = DRIFT_Z,
 ) -> dict[str, np.ndarray]:
-    """Flags and statistics per chain from the increments u (chain, draw) defined above."""
-    limit = float(num_params) if divergence_threshold is None else divergence_threshold
+    """Flags and statistics per chain from the increments u (chain, draw) defined above and the
+    sampler's divergence steps."""
     C, T = increments.shape
     drift = np.full(C, np.nan)
     drift_zs = np.full(C, np.nan)
-    last = np.full(C, np.nan)
+    last_z = np.full(C, np.nan)
     for c in range(C):
         u = increments[c]
         if T < MIN_DRAWS or not np.isfinite(u).all():
             continue
         m3, se3, m4, se4 = _quarter_stats(u)
-        last[c] = m4
+        last_z[c] = m4 / se4 if se4 > 0 else np.copysign(np.inf, m4) if m4 else 0.0
         drift[c] = (m4 - m3) / abs(llc_per_chain[c]) if llc_per_chain[c] != 0 else np.inf
         se = np.hypot(se3, se4)
         drift_zs[c] = (m4 - m3) / se if se > 0 else np.copysign(np.inf, m4 - m3) if m4 != m3 else 0.0
-    diverged = (diverged_step >= 0) | ~np.isfinite(llc_per_chain) | (llc_per_chain > limit)
+    diverged = diverged_step >= 0
     not_converged = ~diverged & (np.abs(drift) > drift_threshold) & (np.abs(drift_zs) > drift_z)
-    escaped = ~diverged & ((llc_per_chain < 0) | (last < 0))
+    escaped = ~diverged & (last_z < -drift_z)
     return {
         "diverged": diverged,
         "not_converged": not_converged,
         "escaped": escaped,
         "llc_drift": drift,
         "llc_drift_z": drift_zs,
-        "divergence_threshold": limit,
     }
 
 

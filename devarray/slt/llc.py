@@ -22,7 +22,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from .diagnostics import DRIFT_THRESHOLD, DRIFT_Z, chain_diagnostics, warn_unhealthy
+from .diagnostics import DRIFT_THRESHOLD, DRIFT_Z, chain_diagnostics, default_divergence_threshold, warn_unhealthy
 from .sgld import LossFn, SGLDSettings, check_dataset, run_chains, sgld_settings
 
 
@@ -81,9 +81,7 @@ def llc_dataset(
     init: float,
     settings: SGLDSettings,
     diverged_step: np.ndarray,
-    num_params: int,
     *,
-    divergence_threshold: float | None = None,
     drift_threshold: float = DRIFT_THRESHOLD,
     drift_z: float = DRIFT_Z,
 ) -> xr.Dataset:
@@ -91,8 +89,7 @@ def llc_dataset(
     nb = settings.nbeta
     per_chain = llc_per_chain(loss, init, nb)
     trace = llc_trace(loss, init, nb)
-    d = chain_diagnostics(nb * (loss - init), per_chain, diverged_step, num_params,
-                          divergence_threshold=divergence_threshold, drift_threshold=drift_threshold, drift_z=drift_z)
+    d = chain_diagnostics(nb * (loss - init), per_chain, diverged_step, drift_threshold=drift_threshold, drift_z=drift_z)
     ok = ~d["diverged"]
     mean = float(per_chain[ok].mean()) if ok.any() else np.nan
     std = float(per_chain[ok].std()) if ok.any() else np.nan
@@ -113,10 +110,10 @@ def llc_dataset(
                         "Standard deviation (ddof=0, as devinterp) of the per-chain estimates over non-divergent chains."),
         "llc_per_chain": _var(_CHAIN, per_chain, "LLC per chain", "1", "Estimate of eq. (3) from each chain alone."),
         "diverged": _var(_CHAIN, d["diverged"], "diverged", "1",
-                         "The chain hit a non-finite loss or an LLC above attr divergence_threshold; "
-                         "excluded from llc_mean."),
+                         "The chain hit a non-finite loss or an LLC increment nβ(ℓ_m − ℓ_n(w*)) above attr "
+                         "divergence_threshold, and was frozen there; excluded from llc_mean."),
         "diverged_step": _var(_CHAIN, diverged_step.astype(np.int64), "divergence step", "steps",
-                              "SGLD step (burn-in included) of the first non-finite loss; -1 if none."),
+                              "SGLD step (burn-in included) at which the chain diverged; -1 if none."),
         "not_converged": _var(_CHAIN, d["not_converged"], "not converged", "1",
                               "The chain's LLC trace is still drifting over the last part of the chain "
                               "(|llc_drift| > attr drift_threshold and |llc_drift_z| > attr drift_z)."),
@@ -135,8 +132,6 @@ def llc_dataset(
     attrs = settings.to_dict() | {
         "gamma": settings.localization,
         "num_steps": settings.num_steps,
-        "num_params": num_params,
-        "divergence_threshold": d["divergence_threshold"],
         "drift_threshold": drift_threshold,
         "drift_z": drift_z,
     }
@@ -183,11 +178,15 @@ def estimate_llc(
     n = check_dataset(dataset, settings.batch_size)
     rows = n if init_loss_rows is None else init_loss_rows
     init = init_loss(model, loss_fn, dataset, rows, chunk=max(settings.batch_size, 1024))
-    samples = run_chains(model, loss_fn, dataset, settings, seed=seed, method=method, compile=compile, progress=progress)
+    num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    limit = default_divergence_threshold(num_params) if divergence_threshold is None else divergence_threshold
+    samples = run_chains(model, loss_fn, dataset, settings, seed=seed, method=method, compile=compile,
+                         progress=progress, loss_limit=init + limit / settings.nbeta)
     kept = samples.loss[:, settings.num_burnin_steps :].numpy()
-    ds = llc_dataset(kept, init, settings, samples.diverged_step.numpy(), samples.num_params,
-                     divergence_threshold=divergence_threshold, drift_threshold=drift_threshold, drift_z=drift_z)
-    ds.attrs |= {"dataset_size": n, "init_loss_rows": rows, "seed": seed, "method": samples.method}
+    ds = llc_dataset(kept, init, settings, samples.diverged_step.numpy(), drift_threshold=drift_threshold,
+                     drift_z=drift_z)
+    ds.attrs |= {"num_params": num_params, "divergence_threshold": limit, "dataset_size": n, "init_loss_rows": rows,
+                 "seed": seed, "method": samples.method}
     if label is not None:
         ds.attrs["label"] = label
     if warn:

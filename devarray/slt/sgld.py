@@ -218,7 +218,7 @@ class ChainSamples:
     """Raw output of :func:`run_chains`: every step's minibatch loss, burn-in included."""
 
     loss: torch.Tensor  # (C, num_steps) float64, NaN after a chain diverged
-    diverged_step: torch.Tensor  # (C,) int64, first step with a non-finite loss, -1 if none
+    diverged_step: torch.Tensor  # (C,) int64, first step with a non-finite or exploding loss, -1 if none
     method: str
     num_params: int
     seconds: float
@@ -285,12 +285,14 @@ def run_chains(
     method: str = "auto",
     compile: bool = False,
     progress: bool = False,
+    loss_limit: float = math.inf,
 ) -> ChainSamples:
     """Run ``settings.num_chains`` SGLD chains from the model's current parameters w*.
 
     ``dataset`` is a tuple of tensors sharing their first dimension n (moved to the model's
     device). Returns every step's minibatch loss ℓ_m^{(τ)}(w_τ). A chain whose loss becomes
-    non-finite is frozen from that step on (its later losses are NaN) while the others go on.
+    non-finite or exceeds ``loss_limit`` has diverged: it is frozen from that step on (its
+    later losses are NaN) while the others go on.
     ``compile=True`` wraps the gradient function in ``torch.compile``, once per model object
     and path (tens of seconds on a CPU; worth it for thousands of chain-steps at m ≥ 256, see
     benchmarks/llc_throughput.py; results agree with eager within float rounding).
@@ -331,9 +333,9 @@ def run_chains(
             grad, loss = torch.zeros_like(w), torch.full((C,), float("nan"), device=device, dtype=dtype)
             for c in alive.nonzero().flatten().tolist():
                 grad[c], loss[c] = grad_fn(w[c], *(x[c] for x in batch))
-        # A chain's first non-finite loss is kept; from then on it is frozen and records NaN.
+        # A chain's offending loss is kept; from then on it is frozen and records NaN.
         losses[:, t] = torch.where(alive, loss.detach().to(torch.float64), float("nan"))
-        bad = alive & ~torch.isfinite(loss)
+        bad = alive & ~(loss <= loss_limit)  # also catches NaN
         diverged_step = torch.where(bad, t, diverged_step)
         alive = alive & ~bad
         # Eq. (8) as Δw = −β̃∇ℓ_m − γ̃(w − w*) + √ε ξ; frozen chains keep their last finite w.

@@ -15,17 +15,13 @@ from devarray.observables.probes import OOD_KINDS, Probe, forward, ood_predictio
 from devarray.observables.registry import observable
 
 
-def _k(probe: Probe) -> dict:
-    return {"k": np.arange(1, probe.task.K + 1)}
-
-
 def _loss_k(model, probe: Probe) -> torch.Tensor:
     """ℓ_k of eq. (2) on the probe, (K,) float64."""
     return (forward(model, probe).pred - probe.y.double()).square().mean(0)
 
 
 def _per_k(values: torch.Tensor, probe: Probe) -> xr.DataArray:
-    return xr.DataArray(values.numpy(), dims=("k",), coords=_k(probe))
+    return xr.DataArray(values.numpy(), dims=("k",), coords={"k": np.arange(1, probe.task.K + 1)})
 
 
 @observable(

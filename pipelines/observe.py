@@ -1,0 +1,86 @@
+"""Registered observables at every checkpoint of a run store, written to ``observables``.
+
+One task per checkpoint computes every requested observable with the weights loaded once, on
+the probe fixed by ``probe_seed``. Each observable has its own done flag: done pairs are
+skipped, so adding an observable later computes only that one. ``modules`` are Python files or
+module names that register observables; workers import them before computing, which is how a
+user's own observable reaches a dask cluster.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from devarray import observables as obs
+from devarray.checkpoints import build_task, load_model
+from devarray.observables import storage
+from devarray.store import RunStore, StoreError
+
+from .runner import map_checkpoints
+
+
+def import_modules(modules: list[str]) -> None:
+    """Import each file path or module name (registering the observables it defines)."""
+    for m in modules:
+        if m.endswith(".py"):
+            path = Path(m).resolve()
+            if not path.exists():
+                raise StoreError(f"observable module {m} does not exist")
+            name = f"devarray_user_{path.stem}"
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            importlib.import_module(m)
+
+
+def _observe(path: str, step: int, *, names: list[str], probe_seed: int, modules: list[str]) -> dict:
+    missing = [n for n in names if n not in obs.names()]
+    if missing:
+        import_modules(modules)
+    store = RunStore.open(path, validate=False)
+    probe = obs.make_probe(build_task(store.config), probe_seed)
+    ds = obs.compute(load_model(store, step), names, probe)
+    storage.write(store, step, storage.values(ds, names))
+    return {"step": step, "names": names}
+
+
+def run(path, names: list[str] | None = None, *, probe_seed: int = 0, modules: list[str] = (), steps=None,
+        overwrite: bool = False, workers: int = 0, scheduler: str | None = None, threads: int | None = None,
+        progress: bool = True) -> list[dict]:
+    """Compute ``names`` (default: every registered regression observable) where not yet done."""
+    modules = list(modules)
+    import_modules(modules)
+    names = obs.names(task="regression") if names is None else list(names)
+    for n in names:
+        obs.get(n)  # clear error for unknown names
+    store = RunStore.open(path)
+    available = store.done_steps("params")
+    if not len(available):
+        raise StoreError(f"{path} has no written checkpoint yet")
+    wanted = available if steps is None else np.intersect1d(available, np.asarray(steps))
+    probe = obs.make_probe(build_task(store.config), probe_seed)
+    fresh = [n for n in names if overwrite or not storage.allocated(store, n)]
+    for n in names:
+        if n not in fresh:
+            storage.check_probe(store, n, probe.attrs())
+    if fresh:
+        example = obs.compute(load_model(store, int(wanted[0])), fresh, probe)
+        storage.allocate(store, fresh, example, overwrite=overwrite)
+    # group the checkpoints by which observables they still miss, so each task loads weights once
+    done = {n: set(store.done_steps(storage.GROUP, storage.done_flag(n)).tolist()) for n in names}
+    todo: dict[tuple[str, ...], list[int]] = {}
+    for s in wanted:
+        need = tuple(n for n in names if s not in done[n])
+        if need:
+            todo.setdefault(need, []).append(int(s))
+    results = []
+    for need, group_steps in todo.items():
+        results += map_checkpoints(_observe, path, group_steps, workers=workers, scheduler=scheduler, threads=threads,
+                                   progress=progress, desc="observe", names=list(need), probe_seed=probe_seed,
+                                   modules=modules)
+    return results
