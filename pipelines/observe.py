@@ -56,8 +56,10 @@ def run(path, names: list[str] | None = None, *, probe_seed: int = 0, modules: l
     modules = list(modules)
     import_modules(modules)
     names = obs.names(task="regression") if names is None else list(names)
-    for n in names:
-        obs.get(n)  # clear error for unknown names
+    unknown = [n for n in names if n not in obs.names()]
+    if unknown:
+        raise StoreError(f"unknown observable {unknown[0]!r}; registered: {', '.join(obs.names())} "
+                         "(register your own with @devarray.observables.observable and pass --module FILE)")
     store = RunStore.open(path)
     available = store.done_steps("params")
     if not len(available):

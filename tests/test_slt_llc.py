@@ -105,8 +105,8 @@ def test_settings_object_or_keywords_not_both():
 # --- the regression transformer ----------------------------------------------------------------
 
 
-def trained_tiny(steps=300):
-    """A tiny regression transformer after a few hundred Adam steps, and an SGLD dataset."""
+def trained_tiny(steps=1000):
+    """A tiny regression transformer after `steps` Adam steps, and an SGLD dataset."""
     torch.manual_seed(0)
     model = RegressionTransformer(TINY)
     task = RegressionTask(D=TINY.D, K=TINY.K)
