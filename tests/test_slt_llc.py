@@ -33,17 +33,19 @@ def test_regression_loss_is_the_mse_of_the_predictions():
     torch.manual_seed(0)
     model = RegressionTransformer(TINY)
     b = RegressionTask(D=2, K=4).dataset(16, "t")
-    expected = float(((model.predict(b.tokens) - b.y) ** 2).sum()) / (16 * 4)
-    assert float(regression_loss(model, b.tokens, b.y)) == pytest.approx(expected, rel=1e-6)
+    with torch.no_grad():
+        expected = float(((model.predict(b.tokens) - b.y) ** 2).sum()) / (16 * 4)
+        assert float(regression_loss(model, b.tokens, b.y)) == pytest.approx(expected, rel=1e-6)
 
 
 def test_init_loss_in_chunks_is_the_full_mean():
     torch.manual_seed(0)
     model = RegressionTransformer(TINY)
     b = RegressionTask(D=2, K=4).dataset(100, "t")
-    full = float(regression_loss(model, b.tokens, b.y))
+    with torch.no_grad():
+        full = float(regression_loss(model, b.tokens, b.y))
+        first = float(regression_loss(model, b.tokens[:30], b.y[:30]))
     assert init_loss(model, regression_loss, (b.tokens, b.y), chunk=7) == pytest.approx(full, rel=1e-6)
-    first = float(regression_loss(model, b.tokens[:30], b.y[:30]))
     assert init_loss(model, regression_loss, (b.tokens, b.y), rows=30, chunk=8) == pytest.approx(first, rel=1e-6)
     with pytest.raises(ValueError, match="init_loss_rows"):
         init_loss(model, regression_loss, (b.tokens, b.y), rows=101)
@@ -51,7 +53,7 @@ def test_init_loss_in_chunks_is_the_full_mean():
 
 def quadratic_llc(**kw):
     settings = dict(batch_size=1, nbeta=10.0, epsilon=5e-3, localization=0.1, num_chains=4, num_draws=100,
-                    num_burnin_steps=20) | kw
+                    num_burnin_steps=20, warn=False) | kw
     return estimate_llc(Quadratic((1.0, 2.0)), potential_loss, dummy_dataset(), **settings)
 
 
@@ -96,7 +98,7 @@ def test_arviz_diagnostics_run_on_the_result():
 
 def test_settings_object_or_keywords_not_both():
     s = sgld_settings(batch_size=1, nbeta=10.0, epsilon=5e-3, localization=0.1, num_draws=10)
-    ds = estimate_llc(Quadratic(), potential_loss, dummy_dataset(), s)
+    ds = estimate_llc(Quadratic(), potential_loss, dummy_dataset(), s, warn=False)
     assert ds.sizes["draw"] == 10
     with pytest.raises(ValueError, match="not both"):
         estimate_llc(Quadratic(), potential_loss, dummy_dataset(), s, epsilon=1e-3)
