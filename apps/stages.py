@@ -20,6 +20,9 @@ import numpy as np
 import panel as pn
 import xarray as xr
 
+hv.extension("bokeh")
+pn.extension("tabulator")
+
 STORES = os.environ.get("DEVARRAY_STORES", "stores/*.zarr")
 
 WARM = ["#fde0c5", "#facba6", "#f8b58b", "#f59e72", "#f2855d"]
@@ -134,7 +137,6 @@ def observable_plot(obs: xr.Dataset, name: str, stages: xr.Dataset | None, selec
 
 
 def build_app(paths: list[str]) -> pn.template.BaseTemplate | pn.Column:
-    hv.extension("bokeh")
     if not paths:
         return pn.Column(pn.pane.Markdown(
             "## No run stores found\nTrain one: `devarray demo` or `devarray train lr --preset quick`, "

@@ -55,6 +55,11 @@ class VarSpec:
         return cls(tuple(spec["dims"]), spec["dtype"], attrs, spec.get("chunk"))
 
 
+def _zarr_dtype(dtype: np.dtype):
+    """Text is stored as zarr's variable-length UTF-8 strings (in the v3 spec; fixed-width isn't)."""
+    return str if dtype.kind in "UOT" else dtype
+
+
 def _fill_value(dtype: np.dtype):
     if dtype.kind == "f":
         return np.nan
@@ -62,7 +67,7 @@ def _fill_value(dtype: np.dtype):
         return False
     if dtype.kind in "iu":
         return -1 if dtype.kind == "i" else 0
-    if dtype.kind == "U":
+    if dtype.kind in "UOT":
         return ""
     raise StoreError(f"unsupported dtype {dtype}; use float, int, bool or fixed-width str")
 
@@ -225,9 +230,9 @@ class RunStore:
     def _create_coord(g: zarr.Group, cname: str, values: np.ndarray, cspec: dict) -> None:
         attrs = {k: cspec[k] for k in ("long_name", "units", "description") if k in cspec}
         dtype = np.dtype(cspec.get("dtype", values.dtype))
-        arr = g.create_array(cname, shape=values.shape, chunks=values.shape or (1,), dtype=dtype,
+        arr = g.create_array(cname, shape=values.shape, chunks=values.shape or (1,), dtype=_zarr_dtype(dtype),
                              fill_value=_fill_value(dtype), dimension_names=[cname], attributes=attrs)
-        arr[...] = values.astype(dtype)
+        arr[...] = values.astype(object if dtype.kind == "U" else dtype)
 
     def _add(self, g: zarr.Group, schema: dict, specs: dict[str, VarSpec], coords: dict) -> None:
         index = schema.get("index")
@@ -242,7 +247,7 @@ class RunStore:
             )
             chunks = tuple(max(1, min(c, s)) for c, s in zip(chunks, shape)) or (1,)
             dtype = np.dtype(spec.dtype)
-            g.create_array(vname, shape=shape, chunks=chunks, dtype=dtype, fill_value=_fill_value(dtype),
+            g.create_array(vname, shape=shape, chunks=chunks, dtype=_zarr_dtype(dtype), fill_value=_fill_value(dtype),
                            dimension_names=list(spec.dims), attributes=dict(spec.attrs))
 
     def allocate_like(self, name: str, example: xr.Dataset, steps: np.ndarray, attrs: dict | None = None,
@@ -252,8 +257,7 @@ class RunStore:
         known = schemas.load(name)["variables"]
         specs = {}
         for v, da in example.data_vars.items():
-            dtype = da.dtype if da.dtype.kind != "U" else np.dtype("U32")  # labels: fixed width
-            dtype = np.dtype(known[v]["dtype"]) if v in known else dtype
+            dtype = np.dtype(known[v]["dtype"]) if v in known else da.dtype
             specs[v] = VarSpec(("step", *da.dims), dtype.str, dict(da.attrs))
         coords = {"step": steps}
         for d in {d for da in example.data_vars.values() for d in da.dims}:
@@ -278,7 +282,8 @@ class RunStore:
         """Write one checkpoint's region of several variables (no metadata changes)."""
         i = self.index_of(group, step)
         for name, value in values.items():
-            self.array(group, name)[i] = np.asarray(value)
+            value = np.asarray(value)
+            self.array(group, name)[i] = value.astype(object) if value.dtype.kind == "U" else value
 
     def write_slice(self, group: str, start: int, values: dict[str, np.ndarray]) -> None:
         """Write a contiguous range along the group's index dim, starting at position ``start``."""

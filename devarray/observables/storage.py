@@ -45,7 +45,7 @@ def allocate(store: RunStore, names: list[str], example: xr.Dataset, *, overwrit
     for name in names:
         for var in REGISTRY.get(name).variables:
             da = example[var.name]
-            dtype = np.dtype("U32") if da.dtype.kind in "UO" else da.dtype
+            dtype = da.dtype
             specs[var.name] = VarSpec(("step", *da.dims), dtype.str, {**da.attrs, **probe, "observable": name})
             for d in da.dims:
                 coords[d] = example[d].values if d in example.coords else np.arange(example.sizes[d])
@@ -62,7 +62,7 @@ def values(ds: xr.Dataset, names: list[str]) -> dict[str, dict[str, np.ndarray]]
         out[name] = {}
         for var in REGISTRY.get(name).variables:
             v = ds[var.name].values
-            out[name][var.name] = v.astype("U32") if v.dtype.kind in "UO" else v
+            out[name][var.name] = v
     return out
 
 
