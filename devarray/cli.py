@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import numpy as np
+
 from .store import StoreError
 
 
@@ -83,6 +85,68 @@ def _cmd_llc(args) -> None:
             print(f"warning: {warning}", file=sys.stderr)
 
 
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise StoreError(f"{flag} takes comma-separated numbers, got {text!r}") from None
+
+
+def _cmd_calibrate(args) -> None:
+    from pipelines.llc import sgld_dataset
+
+    from .checkpoints import load_model
+    from .slt.calibration import calibrate
+    from .slt.presets import PRESETS
+    from .store import RunStore
+    from .tasks.regression import mse_loss
+
+    if args.preset not in PRESETS:
+        raise StoreError(f"unknown LLC preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    preset = PRESETS[args.preset]
+    store = RunStore.open(args.store, mode="r")
+    if args.step is None:
+        args.step = int(store.done_steps("params")[-1])
+    model = load_model(store, args.step)
+    grid = calibrate(
+        model, mse_loss, sgld_dataset(store.config, args.dataset_size or preset.dataset_size),
+        epsilon=_floats(args.epsilon, "--epsilon"),
+        beta_tilde=_floats(args.beta_tilde, "--beta-tilde") if args.beta_tilde else None,
+        gamma_tilde=_floats(args.gamma_tilde, "--gamma-tilde"),
+        batch_size=args.batch_size or preset.batch_size, num_chains=args.num_chains or preset.num_chains,
+        num_draws=args.num_draws or preset.num_draws,
+        num_burnin_steps=preset.num_burnin_steps if args.num_burnin_steps is None else args.num_burnin_steps,
+        seed=args.seed, label=f"step {args.step}", progress=not args.quiet)
+    print(calibration_table(grid, args.step))
+    if args.out:
+        grid.to_zarr(args.out, mode="w" if args.overwrite else "w-", zarr_format=3)
+        print(f"calibration grid written to {args.out}")
+
+
+def calibration_table(grid, step: int) -> str:
+    """One row per grid point: settings, LLC, flagged chains; then the A.4.3 recommendation."""
+    b_name, g_name = grid.acceptable.dims[1], grid.acceptable.dims[2]
+    lines = [f"calibration at step {step} ({grid.attrs['num_chains']} chains x {grid.attrs['num_steps']} steps, "
+             f"m={grid.attrs['batch_size']})",
+             f"{'epsilon':>9} {'beta~':>8} {'nbeta':>8} {'gamma~':>8} {'llc':>9} {'± std':>7} "
+             f"{'diverged':>8} {'not conv':>8} {'escaped':>8}  ok"]
+    for e in grid.epsilon.values:
+        for b in grid[b_name].values:
+            for g in grid[g_name].values:
+                p = grid.sel(epsilon=e, **{b_name: b, g_name: g})
+                lines.append(f"{e:>9.2g} {float(p.beta_tilde):>8.3g} {float(p.nbeta):>8.3g} {float(p.gamma_tilde):>8.3g} "
+                             f"{float(p.llc_mean):>9.2f} {float(p.llc_std):>7.2f} {int(p.diverged.sum()):>8d} "
+                             f"{int(p.not_converged.sum()):>8d} {int(p.escaped.sum()):>8d}  "
+                             f"{'yes' if bool(p.acceptable) else 'no'}")
+    a = grid.attrs
+    if np.isfinite(a["recommended_epsilon"]):
+        lines.append(f"recommended (A.4.3): epsilon={a['recommended_epsilon']:g} beta~={a['recommended_beta_tilde']:.3g} "
+                     f"(nbeta={a['recommended_nbeta']:.3g}) gamma~={a['recommended_gamma_tilde']:.3g}")
+    else:
+        lines.append("no acceptable grid point: widen the grid")
+    return "\n".join(lines)
+
+
 def _cmd_observe(args) -> None:
     from pipelines import observe
 
@@ -135,6 +199,24 @@ def build_parser() -> argparse.ArgumentParser:
     ll.add_argument("--seed", type=int, default=0, help="SGLD seed, the same at every checkpoint (A.4.2)")
     _add_compute_options(ll)
     ll.set_defaults(func=_cmd_llc)
+
+    ca = sub.add_parser("calibrate", help="sweep SGLD settings at one checkpoint (A.4.3) and recommend one")
+    ca.add_argument("store")
+    ca.add_argument("--step", type=int, help="checkpoint (default: the last)")
+    ca.add_argument("--preset", default="quick", help="LLC preset for the other settings")
+    ca.add_argument("--epsilon", default="0.0003,0.001,0.003", help="comma-separated step sizes")
+    ca.add_argument("--beta-tilde", help="comma-separated β̃ (default: nβ = m/log m)")
+    ca.add_argument("--gamma-tilde", default="0.003,0.01,0.03", help="comma-separated γ̃")
+    ca.add_argument("--chains", dest="num_chains", type=int)
+    ca.add_argument("--draws", dest="num_draws", type=int)
+    ca.add_argument("--burnin", dest="num_burnin_steps", type=int)
+    ca.add_argument("--batch-size", type=int)
+    ca.add_argument("--dataset-size", type=int)
+    ca.add_argument("--seed", type=int, default=0)
+    ca.add_argument("--out", help="also write the whole grid (chains, draws, diagnostics) to this zarr store")
+    ca.add_argument("--overwrite", action="store_true")
+    ca.add_argument("--quiet", action="store_true")
+    ca.set_defaults(func=_cmd_calibrate)
 
     ob = sub.add_parser("observe", help="compute registered observables at every checkpoint")
     ob.add_argument("stores", nargs="+", help="run stores")

@@ -61,7 +61,8 @@ def test_dataset_layout_and_attrs():
     ds = quadratic_llc(seed=3, label="step 7")
     assert dict(ds.sizes) == {"chain": 4, "draw": 100}
     assert ds["loss"].dims == ds["llc_trace"].dims == ("chain", "draw")
-    for name in ("llc_per_chain", "diverged", "not_converged", "escaped", "llc_drift", "llc_drift_z", "diverged_step"):
+    for name in ("llc_per_chain", "diverged", "not_converged", "escaped", "llc_drift", "llc_drift_z", "llc_ess",
+                 "diverged_step"):
         assert ds[name].dims == ("chain",)
     for name in ("init_loss", "llc_mean", "llc_std"):
         assert ds[name].dims == ()

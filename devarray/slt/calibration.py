@@ -30,7 +30,7 @@ from .llc import estimate_llc
 from .sgld import LossFn, default_nbeta, sgld_settings
 
 _GRID_VARS = ("loss", "llc_trace", "llc_trace_mean", "init_loss", "llc_mean", "llc_std", "llc_per_chain",
-              "diverged", "diverged_step", "not_converged", "escaped", "llc_drift", "llc_drift_z")
+              "diverged", "diverged_step", "not_converged", "escaped", "llc_drift", "llc_drift_z", "llc_ess")
 
 
 def _axis(name_a: str, a, name_b: str, b, what: str, default=None) -> tuple[str, list[float]]:
@@ -123,7 +123,7 @@ def calibrate(
         long_name="acceptable setting", units="1",
         description="No chain diverged, failed to converge or escaped at this grid point (A.4.3).")
     keep = ("batch_size", "num_chains", "num_draws", "num_burnin_steps", "num_steps", "num_params", "dataset_size",
-            "init_loss_rows", "seed", "method", "divergence_threshold", "drift_threshold", "drift_z")
+            "init_loss_rows", "seed", "method", "divergence_threshold", "drift_threshold", "drift_z", "min_ess")
     out.attrs = {k: first.attrs[k] for k in keep} | recommend(out, converged, acceptable, batch_size)
     if label is not None:
         out.attrs["label"] = label

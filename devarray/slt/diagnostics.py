@@ -10,17 +10,23 @@ Three failure modes, each a boolean variable over ``chain``:
     chain at that step (:func:`default_divergence_threshold`); it is excluded from
     ``llc_mean``/``llc_std`` — never silently averaged.
 ``not_converged``
-    The chain's LLC is still drifting at the end. With u_τ = nβ(ℓ_m(w_τ) − ℓ_n(w*)) the
-    per-draw increments of eq. (12), compare the mean of u over the last quarter of the kept
-    draws with the mean over the quarter before it:
+    The chain has not forgotten its start, or its LLC is still drifting at the end. With
+    u_τ = nβ(ℓ_m(w_τ) − ℓ_n(w*)) the per-draw increments of eq. (12):
 
+        llc_ess     = T / τ_int(u)                                    (effective draws)
         llc_drift   = (ū_Q4 − ū_Q3) / |λ̂_c|                         (relative change)
         llc_drift_z = (ū_Q4 − ū_Q3) / sqrt(se_Q3² + se_Q4²)           (Geweke-style z)
 
-    with standard errors σ_Q sqrt(τ_int / q) from the chain's integrated autocorrelation time
-    τ_int (Geyer's initial positive sequence, on the detrended chain) over q draws per quarter. Flagged when |llc_drift| > ``drift_threshold`` (default 0.1)
-    *and* |llc_drift_z| > ``drift_z`` (default 3): a change large enough to matter and too
-    large to be sampling noise. Chains with fewer than 40 draws are not judged.
+    τ_int is the integrated autocorrelation time (Geyer's initial positive sequence); ū_Q3,
+    ū_Q4 are the means over the third and the last quarter of the kept draws, with standard
+    errors σ_Q sqrt(τ'/q) for q draws per quarter and τ' the autocorrelation time of the
+    linearly detrended chain (so that a drift does not pass for autocorrelation). Flagged
+    when ``llc_ess`` < ``min_ess`` (default 10: still a random walk away from w*, ε too small
+    as in figure A.5 top right, or too short to average), or when |llc_drift| >
+    ``drift_threshold`` (default 0.1) *and* |llc_drift_z| > ``drift_z`` (default 3): a change
+    large enough to matter and too large to be noise. Chains with fewer than 40 draws are
+    not judged. Under strong minibatch noise a slow drift can hide in single chains; compare
+    estimates across ε (:mod:`~devarray.slt.calibration`).
 ``escaped``
     The chain found loss well below ℓ_n(w*) (figure A.5, bottom): over the last quarter its
     mean increment is negative beyond noise, ū_Q4 < −``drift_z`` · se_Q4. Flagged chains stay
@@ -43,6 +49,7 @@ class LLCDiagnosticWarning(UserWarning):
 
 DRIFT_THRESHOLD = 0.1
 DRIFT_Z = 3.0
+MIN_ESS = 10.0
 MIN_DRAWS = 40
 
 
@@ -85,24 +92,25 @@ def chain_diagnostics(
     *,
     drift_threshold: float = DRIFT_THRESHOLD,
     drift_z: float = DRIFT_Z,
+    min_ess: float = MIN_ESS,
 ) -> dict[str, np.ndarray]:
     """Flags and statistics per chain from the increments u (chain, draw) defined above and the
     sampler's divergence steps."""
     C, T = increments.shape
-    drift = np.full(C, np.nan)
-    drift_zs = np.full(C, np.nan)
-    last_z = np.full(C, np.nan)
+    drift, drift_zs, last_z, ess = (np.full(C, np.nan) for _ in range(4))
     for c in range(C):
         u = increments[c]
         if T < MIN_DRAWS or not np.isfinite(u).all():
             continue
+        ess[c] = T / _autocorr_time(u)
         m3, se3, m4, se4 = _quarter_stats(u)
         last_z[c] = m4 / se4 if se4 > 0 else np.copysign(np.inf, m4) if m4 else 0.0
         drift[c] = (m4 - m3) / abs(llc_per_chain[c]) if llc_per_chain[c] != 0 else np.inf
         se = np.hypot(se3, se4)
         drift_zs[c] = (m4 - m3) / se if se > 0 else np.copysign(np.inf, m4 - m3) if m4 != m3 else 0.0
     diverged = diverged_step >= 0
-    not_converged = ~diverged & (np.abs(drift) > drift_threshold) & (np.abs(drift_zs) > drift_z)
+    drifting = (np.abs(drift) > drift_threshold) & (np.abs(drift_zs) > drift_z)
+    not_converged = ~diverged & ((ess < min_ess) | drifting)
     escaped = ~diverged & (last_z < -drift_z)
     return {
         "diverged": diverged,
@@ -110,6 +118,7 @@ def chain_diagnostics(
         "escaped": escaped,
         "llc_drift": drift,
         "llc_drift_z": drift_zs,
+        "llc_ess": ess,
     }
 
 

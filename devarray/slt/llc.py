@@ -22,7 +22,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from .diagnostics import DRIFT_THRESHOLD, DRIFT_Z, chain_diagnostics, default_divergence_threshold, warn_unhealthy
+from .diagnostics import DRIFT_THRESHOLD, DRIFT_Z, MIN_ESS, chain_diagnostics, default_divergence_threshold, warn_unhealthy
 from .sgld import LossFn, SGLDSettings, check_dataset, run_chains, sgld_settings
 
 
@@ -84,12 +84,14 @@ def llc_dataset(
     *,
     drift_threshold: float = DRIFT_THRESHOLD,
     drift_z: float = DRIFT_Z,
+    min_ess: float = MIN_ESS,
 ) -> xr.Dataset:
     """Estimates, traces and diagnostics from the kept draws' losses ``loss`` (chain, draw)."""
     nb = settings.nbeta
     per_chain = llc_per_chain(loss, init, nb)
     trace = llc_trace(loss, init, nb)
-    d = chain_diagnostics(nb * (loss - init), per_chain, diverged_step, drift_threshold=drift_threshold, drift_z=drift_z)
+    d = chain_diagnostics(nb * (loss - init), per_chain, diverged_step, drift_threshold=drift_threshold,
+                          drift_z=drift_z, min_ess=min_ess)
     ok = ~d["diverged"]
     mean = float(per_chain[ok].mean()) if ok.any() else np.nan
     std = float(per_chain[ok].std()) if ok.any() else np.nan
@@ -115,8 +117,11 @@ def llc_dataset(
         "diverged_step": _var(_CHAIN, diverged_step.astype(np.int64), "divergence step", "steps",
                               "SGLD step (burn-in included) at which the chain diverged; -1 if none."),
         "not_converged": _var(_CHAIN, d["not_converged"], "not converged", "1",
-                              "The chain's LLC trace is still drifting over the last part of the chain "
-                              "(|llc_drift| > attr drift_threshold and |llc_drift_z| > attr drift_z)."),
+                              "The chain has fewer than attr min_ess effective draws, or its LLC trace is still "
+                              "drifting over the last part of the chain (|llc_drift| > attr drift_threshold and "
+                              "|llc_drift_z| > attr drift_z)."),
+        "llc_ess": _var(_CHAIN, d["llc_ess"], "effective draws", "1",
+                        "Draws over the integrated autocorrelation time of the chain's LLC increments."),
         "escaped": _var(_CHAIN, d["escaped"], "escaped", "1",
                         "The chain found loss below ℓ_n(w*) (negative LLC overall or over its last quarter)."),
         "llc_drift": _var(_CHAIN, d["llc_drift"], "LLC drift", "1",
@@ -134,6 +139,7 @@ def llc_dataset(
         "num_steps": settings.num_steps,
         "drift_threshold": drift_threshold,
         "drift_z": drift_z,
+        "min_ess": min_ess,
     }
     return xr.Dataset(data, coords, attrs)
 
@@ -154,6 +160,7 @@ def estimate_llc(
     divergence_threshold: float | None = None,
     drift_threshold: float = DRIFT_THRESHOLD,
     drift_z: float = DRIFT_Z,
+    min_ess: float = MIN_ESS,
     **sampler_kwargs,
 ) -> xr.Dataset:
     """Estimate the LLC of ``model`` at its current parameters w* (eq. 3) with SGLD.
@@ -184,7 +191,7 @@ def estimate_llc(
                          progress=progress, loss_limit=init + limit / settings.nbeta)
     kept = samples.loss[:, settings.num_burnin_steps :].numpy()
     ds = llc_dataset(kept, init, settings, samples.diverged_step.numpy(), drift_threshold=drift_threshold,
-                     drift_z=drift_z)
+                     drift_z=drift_z, min_ess=min_ess)
     ds.attrs |= {"num_params": num_params, "divergence_threshold": limit, "dataset_size": n, "init_loss_rows": rows,
                  "seed": seed, "method": samples.method}
     if label is not None:
