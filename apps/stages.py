@@ -141,8 +141,8 @@ def build_app(paths: list[str]) -> pn.template.BaseTemplate | pn.Column:
         return pn.Column(pn.pane.Markdown(
             "## No run stores found\nTrain one: `devarray demo` or `devarray train lr --preset quick`, "
             f"then reload (looked for `{STORES}`)."))
-    run_select = pn.widgets.Select(name="run", options=paths, value=paths[0])
-    obs_select = pn.widgets.Select(name="observable", options=[])
+    run_select = pn.widgets.Select(label="run", options=paths, value=paths[0])
+    obs_select = pn.widgets.Select(label="observable", options=[])
     dim_box = pn.Column()
     main = pn.Column(sizing_mode="stretch_width")
     table = pn.Column(sizing_mode="stretch_width")
@@ -155,7 +155,7 @@ def build_app(paths: list[str]) -> pn.template.BaseTemplate | pn.Column:
         if not name:
             obs_pane[:] = [pn.pane.Markdown("*No observables yet: run `devarray observe STORE`.*")]
             return
-        selection = {w.name: w.value for w in dim_box if w.value}
+        selection = {w.label: w.value for w in dim_box if w.value}
         obs_pane[:] = [pn.pane.HoloViews(observable_plot(run["observables"], name, run["stages"], selection),
                                          sizing_mode="stretch_width")]
 
@@ -167,7 +167,7 @@ def build_app(paths: list[str]) -> pn.template.BaseTemplate | pn.Column:
             for d in da.dims:
                 if d != "step" and da.sizes[d] > 1:
                     values = list(map(str, da[d].values)) if d in da.coords else list(map(str, range(da.sizes[d])))
-                    widget = pn.widgets.MultiChoice(name=d, options=values, value=[])
+                    widget = pn.widgets.MultiChoice(label=d, options=values, value=[])
                     widget.param.watch(refresh_observable, "value")
                     dim_box.append(widget)
         refresh_observable()

@@ -58,6 +58,9 @@ class StageOptions:
     min_lengthscale: lower bound on the RBF lengthscale in units of log step (0.2 ≈ a 22% change
         of step): the fastest change the smooth curve may follow; a sharp transition still spans a
         few lengthscales.
+    min_change: a movement (a stretch of significant slope) that changes the smooth curve by less
+        than ``min_change × its range`` is noise — at the edges, where few checkpoints pin the GP
+        down, a single outlier can otherwise tilt the slope past the band for a moment.
     credible: mass of the slope's credible band (pointwise, Gaussian).
     wrt: differentiate with respect to ``"log_step"`` (B.1) or ``"step"``; the GP is fit over log
         step either way, so only slope, band and tolerance change.
@@ -68,6 +71,7 @@ class StageOptions:
     tolerance: float = 0.1
     min_noise: float = 1e-3
     min_lengthscale: float = 0.2
+    min_change: float = 0.05
     credible: float = 0.95
     wrt: Literal["log_step", "step"] = "log_step"
     grid: int = 1024
@@ -82,12 +86,19 @@ class StageOptions:
             raise ValueError(f"wrt must be 'log_step' or 'step', got {self.wrt!r}")
 
 
+def _matern52(d, ell, s):
+    """Matérn-5/2 k(a, b) and ∂ₐk(a, b) for d = a − b."""
+    r = torch.sqrt(torch.tensor(5.0, dtype=d.dtype)) * d.abs() / ell
+    e = torch.exp(-r)
+    return s * (1 + r + r**2 / 3) * e, -s * 5 / (3 * ell**2) * d * (1 + r) * e
+
+
 class _GP(gpytorch.models.ExactGP):
     def __init__(self, x, y, likelihood, min_lengthscale):
         super().__init__(x, y, likelihood)
         self.mean_module = gpytorch.means.ConstantMean()
         self.covar_module = gpytorch.kernels.ScaleKernel(
-            gpytorch.kernels.RBFKernel(lengthscale_constraint=gpytorch.constraints.GreaterThan(min_lengthscale))
+            gpytorch.kernels.MaternKernel(nu=2.5, lengthscale_constraint=gpytorch.constraints.GreaterThan(min_lengthscale))
         )
 
     def forward(self, x):
@@ -128,13 +139,12 @@ class GPFit:
         c = m.mean_module.constant.detach()
         with torch.no_grad():
             d = a[:, None] - X[None, :]
-            k = s * torch.exp(-0.5 * (d / ell) ** 2)  # k(a, X)
-            dk = -d / ell**2 * k  # ∂ₐk(a, X)
-            K = s * torch.exp(-0.5 * ((X[:, None] - X[None, :]) / ell) ** 2)
+            k, dk = _matern52(d, ell, s)
+            K, _ = _matern52(X[:, None] - X[None, :], ell, s)
             L = torch.linalg.cholesky(K + noise * torch.eye(len(X), dtype=K.dtype))
             alpha = torch.cholesky_solve((m.train_targets - c)[:, None], L)[:, 0]
             v = torch.linalg.solve_triangular(L, dk.T, upper=False)
-            var = (s / ell**2 - (v**2).sum(0)).clamp_min(0)
+            var = (5 * s / (3 * ell**2) - (v**2).sum(0)).clamp_min(0)
             mean = c + k @ alpha
             slope = dk @ alpha
         dy = self.y_scale / self.x_scale  # chain rule through both standardisations
@@ -207,11 +217,11 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1))
 
 
-def _boundaries(x, smooth, slope, lo, hi, tol) -> list[tuple[int, str, int, int]]:
+def _boundaries(x, smooth, slope, lo, hi, tol, min_change) -> list[tuple[int, str, int, int]]:
     """(grid index, kind, lo index, hi index) of every boundary; see the module docstring."""
     sign = np.where((lo > 0) & (slope > tol), 1, np.where((hi < 0) & (slope < -tol), -1, 0))
     moves = [(a, b, 1) for a, b in _runs(sign == 1)] + [(a, b, -1) for a, b in _runs(sign == -1)]
-    moves.sort()
+    moves = sorted(m for m in moves if abs(smooth[m[1]] - smooth[m[0]]) >= min_change)
     found = []
     for (_, end, s1), (start, _, s2) in zip(moves, moves[1:]):
         gap = np.arange(end, start + 1)
@@ -269,7 +279,7 @@ def find_stages(y: xr.DataArray | np.ndarray, step: np.ndarray | None = None, **
         out[key] = mean, slope, slope - z * sd, slope + z * sd
     g_mean, g_slope, g_lo, g_hi = out["grid"]
     tol = opt.tolerance * np.abs(g_slope).max()
-    found = _boundaries(x_grid, g_mean, g_slope, g_lo, g_hi, tol)
+    found = _boundaries(x_grid, g_mean, g_slope, g_lo, g_hi, tol, opt.min_change * np.ptp(g_mean))
 
     b_step = np.array([round(np.exp(x_grid[i])) for i, *_ in found], dtype=np.int64)
     b_lo = np.array([round(np.exp(x_grid[a])) for _, _, a, _ in found], dtype=np.int64)

@@ -28,9 +28,10 @@ Three failure modes, each a boolean variable over ``chain``:
     not judged. Under strong minibatch noise a slow drift can hide in single chains; compare
     estimates across ε (:mod:`~devarray.slt.calibration`).
 ``escaped``
-    The chain found loss well below ℓ_n(w*) (figure A.5, bottom): over the last quarter its
-    mean increment is negative beyond noise, ū_Q4 < −``drift_z`` · se_Q4. Flagged chains stay
-    in the mean (they are valid samples of a badly localised posterior).
+    The chain found loss below ℓ_n(w*) (figure A.5, bottom): its LLC estimate is negative,
+    λ̂_c < 0, or it got there late, its last quarter's mean increment being negative beyond
+    noise, ū_Q4 < −``drift_z`` · se_Q4. Flagged chains stay in the mean (they are valid
+    samples of a badly localized posterior).
 
 :func:`warn_unhealthy` raises one :class:`LLCDiagnosticWarning` naming the flagged chains.
 """
@@ -111,7 +112,7 @@ def chain_diagnostics(
     diverged = diverged_step >= 0
     drifting = (np.abs(drift) > drift_threshold) & (np.abs(drift_zs) > drift_z)
     not_converged = ~diverged & ((ess < min_ess) | drifting)
-    escaped = ~diverged & (last_z < -drift_z)
+    escaped = ~diverged & ((llc_per_chain < 0) | (last_z < -drift_z))
     return {
         "diverged": diverged,
         "not_converged": not_converged,

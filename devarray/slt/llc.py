@@ -123,7 +123,7 @@ def llc_dataset(
         "llc_ess": _var(_CHAIN, d["llc_ess"], "effective draws", "1",
                         "Draws over the integrated autocorrelation time of the chain's LLC increments."),
         "escaped": _var(_CHAIN, d["escaped"], "escaped", "1",
-                        "The chain found loss below ℓ_n(w*) (negative LLC overall or over its last quarter)."),
+                        "The chain found loss below ℓ_n(w*): negative LLC, or a last quarter significantly below it."),
         "llc_drift": _var(_CHAIN, d["llc_drift"], "LLC drift", "1",
                           "Change of the mean LLC increment from the third to the last quarter of the draws, "
                           "relative to the chain's LLC."),

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import time
-import weakref
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
@@ -262,17 +261,17 @@ def _grad_fn(flat: FlatLoss, method: str) -> Callable:
     return vmap(fn) if method == "batched" else fn
 
 
-# Compiled gradient functions per model object, so that estimating many checkpoints with one
-# model (weights loaded in place) compiles once; parameters enter as arguments, not constants.
-_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# The last compiled gradient function, so that estimating many checkpoints with one model object
+# (weights loaded in place) compiles once: parameters enter as arguments, not as constants.
+_COMPILED: dict = {}
 
 
 def _compiled(model: nn.Module, loss_fn: LossFn, method: str, flat: FlatLoss) -> Callable:
-    key = (loss_fn, method, tuple(flat.names), tuple(flat.shapes))
-    cache = _COMPILED.setdefault(model, {})
-    if key not in cache:
-        cache[key] = torch.compile(_grad_fn(flat, method), dynamic=False)
-    return cache[key]
+    key = (id(model), loss_fn, method, tuple(flat.names), tuple(flat.shapes))
+    if key not in _COMPILED:
+        _COMPILED.clear()
+        _COMPILED[key] = torch.compile(_grad_fn(flat, method), dynamic=False)
+    return _COMPILED[key]
 
 
 def run_chains(

@@ -1,0 +1,136 @@
+"""Our LLC estimate against devinterp's, same settings, on a briefly trained regression transformer.
+
+devinterp is not a dependency. Install it privately, without touching torch:
+
+    pip install --no-deps --target /tmp/devinterp devinterp
+    python benchmarks/compare_devinterp.py [--devinterp /tmp/devinterp] [--train-steps 1000]
+
+devinterp 2.0.1's estimator entry points (``devinterp.slt.llc.llc`` → ``sampling.sample``)
+import ``transformers`` at module level and take Hugging Face datasets of ``input_ids``; where
+they cannot be imported the script says so and compares against devinterp's own SGLD update,
+``devinterp.optim.SGMCMC.sgld``, driven the way ``devinterp.slt.sampler.sample_single_chain``
+drives it (one deep-copied model per chain, a shuffled DataLoader, the minibatch loss recorded
+before each ``optimizer.step()``, LLC = nβ (mean loss − init loss) as ``compute_llc``). The two
+samplers use different random streams, so the estimates agree up to sampling noise: the script
+prints the difference in units of its standard error, and the speed ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from devarray.models.regression import RegressionTransformer
+from devarray.slt import estimate_llc, regression_loss
+from devarray.slt.llc import init_loss
+from devarray.tasks.regression import RegressionTask
+
+
+def train(steps: int) -> RegressionTransformer:
+    torch.manual_seed(0)
+    model = RegressionTransformer()
+    task = RegressionTask(seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for step in range(steps):
+        b = task.batch_for_step(step, 256)
+        opt.zero_grad()
+        regression_loss(model, b.tokens, b.y).backward()
+        opt.step()
+    return model
+
+
+def devinterp_llc(model, data, *, epsilon, nbeta, localization, batch_size, num_chains, num_draws, seed):
+    """devinterp's SGLD (SGMCMC.sgld) in devinterp's per-chain loop; returns per-chain LLCs."""
+    from devinterp.optim import SGMCMC
+
+    dataset = torch.utils.data.TensorDataset(*data)
+    init = init_loss(model, regression_loss, data)
+    per_chain = []
+    for chain in range(num_chains):
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
+                                             generator=torch.Generator().manual_seed(seed + chain))
+        noise = torch.Generator().manual_seed(10_000 + seed + chain)
+        m = copy.deepcopy(model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            opt = SGMCMC.sgld(m.parameters(), lr=epsilon, nbeta=nbeta, localization=localization)
+        losses, feed = [], iter(())
+        while len(losses) < num_draws:
+            try:
+                tokens, y = next(feed)
+            except StopIteration:
+                feed = iter(loader)
+                continue
+            opt.zero_grad(set_to_none=True)
+            loss = regression_loss(m, tokens, y)
+            loss.backward()
+            losses.append(float(loss.detach()))
+            opt.step(noise_generator=noise)
+        per_chain.append(nbeta * (np.mean(losses) - init))
+    return np.array(per_chain)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--devinterp", default="/tmp/devinterp", help="where devinterp was pip-installed with --target")
+    ap.add_argument("--train-steps", type=int, default=1000)
+    ap.add_argument("--chains", type=int, default=8)
+    ap.add_argument("--draws", type=int, default=300)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--epsilon", type=float, default=1e-3)
+    ap.add_argument("--gamma-tilde", type=float, default=0.03)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sys.path.insert(0, args.devinterp)
+    try:
+        import devinterp.optim  # noqa: F401  (torch only)
+    except ImportError as e:
+        print(f"devinterp cannot be imported from {args.devinterp} ({e}); skipping the comparison")
+        return
+    try:
+        import devinterp.slt.llc  # noqa: F401
+        print("note: devinterp.slt.llc imports, but takes HF datasets of input_ids; using its optimizer below")
+    except ImportError as e:
+        print(f"devinterp.slt.llc cannot be imported without its dependencies ({e}); "
+              f"comparing against devinterp.optim.SGMCMC.sgld in devinterp's chain loop")
+
+    model = train(args.train_steps)
+    batch = RegressionTask(seed=0).dataset(2**14, "sgld")
+    data = (batch.tokens, batch.y)
+    m = args.batch_size
+    nbeta = m / math.log(m)
+    gamma = 2 * args.gamma_tilde / args.epsilon
+    kw = dict(epsilon=args.epsilon, nbeta=nbeta, localization=gamma, batch_size=m, num_chains=args.chains,
+              num_draws=args.draws)
+
+    estimate_llc(model, regression_loss, data, warn=False, **kw | dict(num_draws=2))  # first-call set-up
+    t = time.perf_counter()
+    ours = estimate_llc(model, regression_loss, data, seed=0, warn=False, **kw)
+    t_ours = time.perf_counter() - t
+    t = time.perf_counter()
+    theirs = devinterp_llc(model, data, seed=0, **kw)
+    t_theirs = time.perf_counter() - t
+
+    a, b = ours["llc_per_chain"].values, theirs
+    se = math.hypot(a.std(ddof=1) / math.sqrt(len(a)), b.std(ddof=1) / math.sqrt(len(b)))
+    print(f"regression transformer after {args.train_steps} Adam steps, init loss {float(ours['init_loss']):.4f}")
+    print(f"settings: C={args.chains}, T={args.draws}, m={m}, ε={args.epsilon}, nβ={nbeta:.2f}, γ={gamma:.1f} "
+          f"(β̃={args.epsilon * nbeta / 2:.4f}, γ̃={args.gamma_tilde})")
+    print(f"{'':12} {'LLC mean':>9} {'std':>7} {'seconds':>8}")
+    print(f"{'devarray':12} {a.mean():9.2f} {a.std():7.2f} {t_ours:8.1f}   ({ours.attrs['method']} path)")
+    print(f"{'devinterp':12} {b.mean():9.2f} {b.std():7.2f} {t_theirs:8.1f}")
+    print(f"difference {a.mean() - b.mean():+.2f} = {(a.mean() - b.mean()) / se:+.1f} standard errors; "
+          f"speed devarray/devinterp = {t_theirs / t_ours:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
