@@ -64,3 +64,18 @@ def test_local_cluster_matches_in_process_bitwise(store, tmp_path):
     a, b = llc_arrays(store), llc_arrays(tmp_path / "cluster.zarr")
     for v in a:
         assert a[v].tobytes() == b[v].tobytes(), v
+
+
+@pytest.mark.slow
+def test_any_scheduler_address(store, tmp_path):
+    """`--scheduler tcp://…`: the pipeline runs on a cluster it did not start."""
+    from distributed import LocalCluster
+
+    shutil.copytree(store, tmp_path / "remote.zarr")
+    llc.run(store, SETTINGS, dataset_size=256, steps=[0, 100], progress=False, threads=1)
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
+        llc.run(tmp_path / "remote.zarr", SETTINGS, dataset_size=256, steps=[0, 100], progress=False,
+                scheduler=cluster.scheduler_address)
+    a, b = llc_arrays(store), llc_arrays(tmp_path / "remote.zarr")
+    for v in a:
+        assert a[v].tobytes() == b[v].tobytes(), v
