@@ -64,7 +64,7 @@ def stage_spans(stages: xr.Dataset | None) -> hv.Overlay | None:
     if stages is None or "stage_start" not in stages:
         return None
     spans = []
-    for i in range(stages.sizes.get("stage", 0)):
+    for i in range(stages.sizes.get("stage_id", 0)):
         start, end = float(stages.stage_start[i]), float(stages.stage_end[i])
         rising = str(stages.stage_direction[i].values) == "increasing"
         palette = WARM if rising else COLD

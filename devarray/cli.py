@@ -26,6 +26,18 @@ def _cmd_train(args) -> None:
     print(format_summary(summary))
 
 
+def _cmd_stages(args) -> None:
+    from pipelines import stages
+
+    for path in args.stores:
+        options = {"tolerance": args.tolerance} if args.tolerance is not None else {}
+        if args.wrt:
+            options["wrt"] = args.wrt
+        stages.run(path, args.variable, **options)
+        print(f"{path}: stages of {args.variable}")
+        print(stages.table(path))
+
+
 def _cmd_info(args) -> None:
     from .store import RunStore
 
@@ -225,6 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     ob.add_argument("--probe-seed", type=int, default=0)
     _add_compute_options(ob)
     ob.set_defaults(func=_cmd_observe)
+
+    st = sub.add_parser("stages", help="find stage boundaries on the LLC curve (writes the stages group)")
+    st.add_argument("stores", nargs="+")
+    st.add_argument("--variable", default="llc/llc_mean", help="GROUP/VARIABLE over step to divide (default llc/llc_mean)")
+    st.add_argument("--tolerance", type=float, help="plateau tolerance as a fraction of the largest |slope| (0.1)")
+    st.add_argument("--wrt", choices=["log_step", "step"], help="differentiate in log step (default) or step")
+    st.set_defaults(func=_cmd_stages)
 
     i = sub.add_parser("info", help="what a store holds and how complete it is")
     i.add_argument("stores", nargs="+")

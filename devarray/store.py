@@ -273,6 +273,19 @@ class RunStore:
         """Write one checkpoint's results (shaped as given to :meth:`allocate_like`)."""
         self.write(group, step, {v: ds[v].values for v in ds.data_vars})
 
+    def write_group(self, name: str, ds: xr.Dataset, *, overwrite: bool = False) -> None:
+        """Write a whole (small) group at once, e.g. ``stages``; replaced only with ``overwrite``."""
+        if self.has_group(name):
+            if not overwrite:
+                raise StoreError(f"{self.path} already has group {name!r}; pass --overwrite to recompute it")
+            del self.root[name]
+        ds = ds.copy()
+        for v in list(ds.variables):  # text as variable-length strings (zarr v3 spec)
+            if ds[v].dtype.kind == "U":
+                ds[v] = ds[v].astype(object)
+        ds.to_zarr(str(self.path), group=name, mode="w", zarr_format=3, consolidated=False)
+        self.consolidate()
+
     def set_attrs(self, group: str, **attrs) -> None:
         self.group(group).attrs.update(attrs)
         self.consolidate()
