@@ -26,6 +26,22 @@ def _cmd_train(args) -> None:
     print(format_summary(summary))
 
 
+def _cmd_hessian(args) -> None:
+    from pipelines import hessian
+
+    if args.preset not in hessian.PRESETS:
+        raise StoreError(f"unknown Hessian preset {args.preset!r}; choose one of {', '.join(hessian.PRESETS)}")
+    settings = dict(hessian.PRESETS[args.preset])
+    settings.update({k: getattr(args, k) for k in ("batch_size", "num_probes", "top_k") if getattr(args, k)})
+    for path in args.stores:
+        hessian.run(path, **settings, seed=args.seed, steps=_steps(args.steps), overwrite=args.overwrite,
+                    workers=args.workers, scheduler=args.scheduler, threads=args.threads, progress=not args.quiet)
+        ds = hessian.as_dataset(path)
+        print(f"{path}: Hessian trace {float(ds.trace.min()):.3g}…{float(ds.trace.max()):.3g}, "
+              f"top eigenvalue {float(ds.top_eigenvalues.isel(eig=0).min()):.3g}…"
+              f"{float(ds.top_eigenvalues.isel(eig=0).max()):.3g} over {ds.sizes['step']} checkpoints")
+
+
 def _cmd_stages(args) -> None:
     from pipelines import stages
 
@@ -237,6 +253,16 @@ def build_parser() -> argparse.ArgumentParser:
     ob.add_argument("--probe-seed", type=int, default=0)
     _add_compute_options(ob)
     ob.set_defaults(func=_cmd_observe)
+
+    he = sub.add_parser("hessian", help="Hessian trace and top eigenvalues at every checkpoint (appendix B.5)")
+    he.add_argument("stores", nargs="+")
+    he.add_argument("--preset", default="quick", help="quick | paper (m=1,024, 100 probes, 64 Lanczos steps)")
+    he.add_argument("--batch-size", type=int, help="size m of the fixed batch")
+    he.add_argument("--num-probes", type=int, help="Hutchinson probes")
+    he.add_argument("--top-k", type=int, help="number of top eigenvalues")
+    he.add_argument("--seed", type=int, default=0)
+    _add_compute_options(he)
+    he.set_defaults(func=_cmd_hessian)
 
     st = sub.add_parser("stages", help="find stage boundaries on the LLC curve (writes the stages group)")
     st.add_argument("stores", nargs="+")
