@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from .store import StoreError
+from .store import RunStore, StoreError
 
 
 def _cmd_train(args) -> None:
@@ -52,6 +52,62 @@ def _cmd_stages(args) -> None:
         stages.run(path, args.variable, **options)
         print(f"{path}: stages of {args.variable}")
         print(stages.table(path))
+
+
+def _cmd_demo(args) -> None:
+    from pathlib import Path
+
+    from pipelines import hessian, llc, observe, stages
+
+    from .slt.presets import PRESETS as LLC_PRESETS
+    from .train import TrainConfig, format_summary, train
+
+    path = Path(args.out_dir) / f"lr-quick-s{args.seed}.zarr"
+    compute = dict(workers=args.workers, progress=not args.quiet)
+    print(f"[1/5] training the regression transformer (quick preset) into {path}")
+    print(format_summary(train(path, TrainConfig.from_preset("quick", args.seed), progress=not args.quiet)))
+    preset = LLC_PRESETS["quick"]
+    print(f"[2/5] LLC at every checkpoint ({preset.num_chains} chains x "
+          f"{preset.num_burnin_steps + preset.num_draws} SGLD steps each)")
+    results = llc.run(path, preset.settings(), dataset_size=preset.dataset_size, **compute)
+    warning = llc.flagged(results)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    print("[3/5] Hessian trace and top eigenvalues at every checkpoint")
+    hessian.run(path, **hessian.PRESETS["quick"], **compute)
+    print("[4/5] observables (ICL scores, OOD, attention, layer-norm collapse, ...)")
+    observe.run(path, **compute)
+    print("[5/5] stages from the LLC curve, and the figure")
+    store = RunStore.open(path)
+    n_llc = len(store.done_steps("llc"))
+    if not store.has_group("stages") or store.dataset("stages").sizes["step"] != n_llc:
+        stages.run(path)
+    figure = path.with_suffix(".png")
+    if not figure.exists() or figure.stat().st_mtime < (path / "stages" / "zarr.json").stat().st_mtime:
+        _figure([str(path)], figure)
+    print()
+    if args.verbose:
+        print(llc.summary_table(path))
+    print(f"stages of {path} (LLC plateaus, appendix B.1):")
+    print(stages.table(path))
+    print(lr1_lr2_report(path))
+    print(f"figure: {figure}")
+    print(f"explore: panel serve apps/stages.py --args {path}")
+
+
+def lr1_lr2_report(path) -> str:
+    """Where the first boundary falls relative to the LR1 -> LR2 transition in the test loss."""
+    store = RunStore.open(path, mode="r")
+    st = store.dataset("stages").load()
+    ev = store.dataset("eval").load()
+    zero = ev.attrs["zero_predictor_loss"]
+    if not st.sizes["boundary"]:
+        return "no stage boundary found on this LLC curve"
+    b = int(st.boundary_step[0])
+    at = float(ev.test_loss.sel(step=b, method="nearest"))
+    after = float(ev.test_loss.sel(step=slice(b, None)).min())
+    return (f"first boundary at step {b} ({st.boundary_kind.values[0]}): test loss {at:.3f} there, zero predictor "
+            f"{zero:.3f}, lowest after it {after:.3f} (LR1 -> LR2: the model starts to use the context)")
 
 
 def _cmd_info(args) -> None:
@@ -270,6 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--tolerance", type=float, help="plateau tolerance as a fraction of the largest |slope| (0.1)")
     st.add_argument("--wrt", choices=["log_step", "step"], help="differentiate in log step (default) or step")
     st.set_defaults(func=_cmd_stages)
+
+    de = sub.add_parser("demo", help="the main job: train (quick) -> LLC -> Hessian -> observables -> stages -> figure")
+    de.add_argument("--out-dir", default="stores")
+    de.add_argument("--seed", type=int, default=0)
+    de.add_argument("--workers", type=int, default=0, help="LocalCluster processes for the pipelines (default in-process)")
+    de.add_argument("--verbose", action="store_true", help="also print the LLC of every checkpoint")
+    de.add_argument("--quiet", action="store_true", help="no progress bars")
+    de.set_defaults(func=_cmd_demo)
 
     i = sub.add_parser("info", help="what a store holds and how complete it is")
     i.add_argument("stores", nargs="+")
