@@ -62,10 +62,10 @@ def _cmd_demo(args) -> None:
     from .slt.presets import PRESETS as LLC_PRESETS
     from .train import TrainConfig, format_summary, train
 
-    path = Path(args.out_dir) / f"lr-quick-s{args.seed}.zarr"
+    path = Path(args.out_dir) / f"lr-{args.preset}-s{args.seed}.zarr"
     compute = dict(workers=args.workers, progress=not args.quiet)
-    print(f"[1/5] training the regression transformer (quick preset) into {path}")
-    print(format_summary(train(path, TrainConfig.from_preset("quick", args.seed), progress=not args.quiet)))
+    print(f"[1/5] training the regression transformer ({args.preset} preset) into {path}")
+    print(format_summary(train(path, TrainConfig.from_preset(args.preset, args.seed), progress=not args.quiet)))
     preset = LLC_PRESETS["quick"]
     print(f"[2/5] LLC at every checkpoint ({preset.num_chains} chains x "
           f"{preset.num_burnin_steps + preset.num_draws} SGLD steps each)")
@@ -93,6 +93,60 @@ def _cmd_demo(args) -> None:
     print(lr1_lr2_report(path))
     print(f"figure: {figure}")
     print(f"explore: panel serve apps/stages.py --args {path}")
+
+
+def _done(ds):
+    return ds.isel(step=ds.done.values.astype(bool))
+
+
+def figure_inputs(path) -> tuple:
+    """(curves over step, stages Dataset or None, GP fits by variable) of one store."""
+    import xarray as xr
+
+    from pipelines.stages import CURVE_VARS
+
+    store = RunStore.open(path, mode="r")
+    parts = [_done(store.dataset("eval"))[["test_loss", "weight_norm"]]]
+    if store.has_group("llc") and len(store.done_steps("llc")):
+        parts.append(_done(store.dataset("llc"))[["llc_mean", "llc_std"]])
+    ds = xr.merge(parts, join="outer").load()
+    if not store.has_group("stages"):
+        return ds, None, {}
+    st = store.dataset("stages").load()
+    fits = {}
+    for name, prefix in (("llc_mean", "llc"), ("test_loss", "test_loss"), ("weight_norm", "weight_norm")):
+        cols = [f"{prefix}_{v}" for v in CURVE_VARS]
+        if all(c in st for c in cols):
+            fits[name] = st[cols].rename({c: v for c, v in zip(cols, CURVE_VARS)}).assign_attrs(variable=name)
+    stages = st.drop_vars([v for v in st.data_vars if v.split("_")[0] in ("test", "weight")])
+    stages = stages.rename({f"llc_{v}": v for v in CURVE_VARS if f"llc_{v}" in stages})
+    return ds, stages, fits
+
+
+def _figure(paths: list[str], out) -> None:
+    """Figure 1/B.2 of one run (B.3 with several: the runs overlaid), rendered to PNG."""
+    import xarray as xr
+
+    from . import plots
+
+    inputs = [figure_inputs(p) for p in paths]
+    if len(inputs) == 1:
+        ds, stages, fits = inputs[0]
+        fig = plots.run_figure(ds, stages, fits=fits)
+    else:
+        from pathlib import Path
+
+        names = [Path(p).name.removesuffix(".zarr") for p in paths]
+        ds = xr.concat([i[0] for i in inputs], dim="run", join="outer").assign_coords(run=names)
+        st = [i[1] for i in inputs]
+        stages = xr.concat(st, dim="run", join="outer").assign_coords(run=names) if all(s is not None for s in st) else None
+        fig = plots.run_figure(ds, stages)
+    plots.save_png(fig, out)
+
+
+def _cmd_figure(args) -> None:
+    _figure(args.stores, args.output)
+    print(f"figure written to {args.output}")
 
 
 def lr1_lr2_report(path) -> str:
@@ -327,9 +381,15 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--wrt", choices=["log_step", "step"], help="differentiate in log step (default) or step")
     st.set_defaults(func=_cmd_stages)
 
+    fi = sub.add_parser("figure", help="the paper's figure 1/B.2 for a run (several runs: overlaid, B.3)")
+    fi.add_argument("stores", nargs="+")
+    fi.add_argument("-o", "--output", default="figure.png", help="PNG file to write")
+    fi.set_defaults(func=_cmd_figure)
+
     de = sub.add_parser("demo", help="the main job: train (quick) -> LLC -> Hessian -> observables -> stages -> figure")
     de.add_argument("--out-dir", default="stores")
     de.add_argument("--seed", type=int, default=0)
+    de.add_argument("--preset", default="quick", help="training preset (quick; tiny for a smoke run in seconds)")
     de.add_argument("--workers", type=int, default=0, help="LocalCluster processes for the pipelines (default in-process)")
     de.add_argument("--verbose", action="store_true", help="also print the LLC of every checkpoint")
     de.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -1,0 +1,37 @@
+import pytest
+
+from devarray import cli
+from devarray.slt import presets
+from devarray.store import RunStore
+
+
+def snapshot(path):
+    """Modification times of every file of a store."""
+    return {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_a_rerun_finds_everything_done(tmp_path, monkeypatch, capsys):
+    # the demo's wiring on the tiny preset, with a small sampler so that it takes seconds
+    small = presets.LLCPreset(dataset_size=512, batch_size=32, num_chains=2, num_draws=12, num_burnin_steps=4,
+                              epsilon=1e-3, beta_tilde=0.01, gamma_tilde=0.01)
+    monkeypatch.setitem(presets.PRESETS, "quick", small)
+    argv = ["demo", "--preset", "tiny", "--out-dir", str(tmp_path), "--quiet"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    path = tmp_path / "lr-tiny-s0.zarr"
+    store = RunStore.open(path)
+    for group in ("params", "eval", "llc", "hessian"):
+        assert len(store.done_steps(group)) == 18, group
+    assert store.has_group("stages") and (tmp_path / "lr-tiny-s0.png").stat().st_size > 10_000
+    assert "stages of" in out and "panel serve apps/stages.py" in out and "Δllc_mean" in out
+    before = snapshot(path)
+    assert cli.main(argv) == 0
+    again = capsys.readouterr().out
+    assert "resumed from step 100" in again and "0 steps" in again
+    assert snapshot(path) == before  # nothing recomputed, nothing rewritten
+
+
+def test_figure_command_requires_stores(tmp_path, capsys):
+    assert cli.main(["figure", str(tmp_path / "none.zarr"), "-o", str(tmp_path / "f.png")]) == 2
+    assert "not a run store" in capsys.readouterr().err
