@@ -20,13 +20,12 @@ import numpy as np
 import panel as pn
 import xarray as xr
 
+from devarray.plots import stage_overlay
+
 hv.extension("bokeh")
 pn.extension("tabulator")
 
 STORES = os.environ.get("DEVARRAY_STORES", "stores/*.zarr")
-
-WARM = ["#fde0c5", "#facba6", "#f8b58b", "#f59e72", "#f2855d"]
-COLD = ["#d0e4f5", "#b3d1ee", "#95bde6", "#78a9de", "#5b95d6"]
 
 
 def store_paths(args: list[str] | None = None) -> list[str]:
@@ -60,18 +59,10 @@ def load_run(path: str) -> dict[str, xr.Dataset | None]:
 
 
 def stage_spans(stages: xr.Dataset | None) -> hv.Overlay | None:
-    """Shaded stage intervals (warm: LLC increasing, cold: decreasing) and boundary lines."""
+    """Shaded stages and boundary lines: the same overlay as the PNG figures."""
     if stages is None or "stage_start" not in stages:
         return None
-    spans = []
-    for i in range(stages.sizes.get("stage_id", 0)):
-        start, end = float(stages.stage_start[i]), float(stages.stage_end[i])
-        rising = str(stages.stage_direction[i].values) == "increasing"
-        palette = WARM if rising else COLD
-        spans.append(hv.VSpan(max(start, 1), end).opts(color=palette[i % len(palette)], alpha=0.5, line_width=0))
-    lines = [hv.VLine(float(s)).opts(color="black", line_dash="dashed", line_width=1)
-             for s in (stages.boundary_step.values if "boundary_step" in stages else [])]
-    return hv.Overlay(spans + lines)
+    return stage_overlay(stages)
 
 
 def curve(da: xr.DataArray, label: str | None = None) -> hv.Curve:

@@ -3,8 +3,9 @@
 For 8 chains and minibatches of 64, 256 and 1,024 contexts, measures chain-steps per second of
 the per-chain loop, the batched (vmap) path and the path that ``method="auto"`` chooses, and
 the achieved model FLOP rate, 6 × parameters × tokens per second, as a fraction of the dense
-fp32 matmul rate (a 2048² matmul) measured in the same run. Methods are timed in alternating
-rounds and the best round is kept, so a noisy shared machine hurts every path alike.
+fp32 matmul rate (a 2048² matmul) measured in the same run. Paths are timed in alternating
+rounds and each one's best round is kept (the matmul rate too), so a noisy shared machine
+hurts every path alike.
 
     python benchmarks/llc_throughput.py [--device cuda] [--threads 1] [--compile]
 
@@ -64,35 +65,37 @@ def main() -> None:
     batch = RegressionTask().dataset(16 * max(args.batch_sizes), "bench")
     data = (batch.tokens.to(device), batch.y.to(device))
     tokens_per_row = data[0].shape[1]
-    peak = matmul_rate(device)
+    peak = matmul_rate(device)  # best over the whole run: re-measured in every round
     print(f"device {device}, {torch.get_num_threads()} threads, model {P:,} parameters, {args.chains} chains")
-    print(f"dense fp32 matmul (2048²): {peak / 1e9:.1f} GFLOP/s\n")
 
     rows = []
     for m in args.batch_sizes:
         steps = max(3, 4096 // m)
         chosen = choose_method("auto", device, tuple(x[:m] for x in data), args.chains)
-        best = {"loop": 0.0, "batched": 0.0}
-        for method in best:  # warm-up: allocator, first-call overheads
-            throughput(model, data, m, args.chains, 1, method)
-        for _ in range(args.rounds):
-            for method in best:
-                best[method] = max(best[method], throughput(model, data, m, args.chains, steps, method)[0])
-        row = {"m": m, "chosen": chosen, "loop": best["loop"], "batched": best["batched"], "auto": best[chosen]}
+        variants = {"loop": ("loop", False), "batched": ("batched", False)}
+        row = {"m": m, "chosen": chosen}
         if args.compile:
+            variants["compiled"] = (chosen, True)
             t = time.perf_counter()
-            throughput(model, data, m, args.chains, 1, chosen, compile=True)
+            throughput(model, data, m, args.chains, 1, chosen, compile=True)  # compiles (cached per model)
             row["compile_s"] = time.perf_counter() - t
-            rate, loss_c = throughput(model, data, m, args.chains, steps, chosen, compile=True)
-            _, loss_e = throughput(model, data, m, args.chains, steps, chosen)
-            row["compiled"] = rate
-            row["compiled_max_rel_diff"] = float(((loss_c - loss_e).abs() / loss_e.abs()).max())
-        rows.append(row)
+            compiled = throughput(model, data, m, args.chains, steps, chosen, compile=True)[1]
+            eager = throughput(model, data, m, args.chains, steps, chosen)[1]
+            row["compiled_max_rel_diff"] = float(((compiled - eager).abs() / eager.abs()).max())
+        for method, compile in variants.values():  # warm-up: allocator, first-call overheads
+            throughput(model, data, m, args.chains, 1, method, compile)
+        best = dict.fromkeys(variants, 0.0)
+        for _ in range(args.rounds):  # alternate, keep each variant's best round
+            for name, (method, compile) in variants.items():
+                best[name] = max(best[name], throughput(model, data, m, args.chains, steps, method, compile)[0])
+            peak = max(peak, matmul_rate(device, repeats=3))
+        rows.append(row | best | {"auto": best[chosen]})
 
     flop = lambda r, key: 6 * P * r["m"] * tokens_per_row * r[key] / peak
     head = f"{'m':>5} {'chosen':>8} {'loop':>9} {'batched':>9} {'auto':>9} {'auto/loop':>9} {'batch/loop':>10} {'auto FLOP/matmul':>16}"
     if args.compile:
         head += f" {'compiled':>9} {'comp/auto':>9} {'comp FLOP/matmul':>16} {'compile s':>9} {'max rel Δloss':>13}"
+    print(f"dense fp32 matmul (2048²): {peak / 1e9:.1f} GFLOP/s (best in the run)\n")
     print("chain-steps per second (best of rounds)")
     print(head)
     for r in rows:

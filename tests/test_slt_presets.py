@@ -31,13 +31,13 @@ def test_quick_preset_is_cheaper_in_every_respect():
 
 @pytest.mark.slow
 def test_quick_preset_gives_stable_positive_llcs_on_a_trained_model():
-    """The preset's promise on the full-size model after 1,500 Adam steps (past LR1): finite,
-    positive, healthy, and two chain seeds within 15 %."""
+    """The preset's promise on the full-size model after 400 Adam steps: finite, positive,
+    healthy, and two chain seeds within 15 %."""
     torch.manual_seed(0)
     model = RegressionTransformer()
     task = RegressionTask(seed=0)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for step in range(1500):
+    for step in range(400):
         b = task.batch_for_step(step, 256)
         opt.zero_grad()
         regression_loss(model, b.tokens, b.y).backward()
