@@ -16,7 +16,6 @@ writes the same bytes as an uninterrupted run.
 
 from __future__ import annotations
 
-import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -362,7 +361,10 @@ def _progress(total: int, start: int, enabled: bool):
 
 
 def format_summary(s: dict) -> str:
-    rate = s["steps_run"] / s["seconds"] if s["seconds"] else math.nan
+    if not s["steps_run"]:
+        return (f"{s['store']} is complete: step {s['final_step']}, {s['checkpoints']} checkpoints, "
+                f"test loss {s['test_loss']:.4f} (min {s['min_test_loss']:.4f})")
+    rate = s["steps_run"] / s["seconds"]
     resumed = f", resumed from step {s['resumed_from']}" if s["resumed_from"] else ""
     return (f"trained to step {s['final_step']} ({s['checkpoints']} checkpoints{resumed}): "
             f"test loss {s['test_loss']:.4f} (min {s['min_test_loss']:.4f}), "

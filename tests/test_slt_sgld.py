@@ -202,3 +202,13 @@ def test_frozen_parameters_are_not_sampled():
     out = run_chains(Half(), potential_loss, dummy_dataset(), s)
     assert out.num_params == 2
     assert (out.loss >= 2.0).all() and out.loss[:, 0].eq(2.0).all()  # w_1 = w*, fixed part kept
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["batched", "loop"])
+def test_compiled_update_matches_eager_within_rounding(method):
+    model, data = tiny_setup()
+    s = sgld_settings(batch_size=32, num_chains=2, num_draws=10, epsilon=1e-3, localization=10.0)
+    eager = run_chains(model, regression_loss, data, s, method=method)
+    compiled = run_chains(model, regression_loss, data, s, method=method, compile=True)
+    torch.testing.assert_close(compiled.loss, eager.loss, rtol=1e-4, atol=0)

@@ -230,12 +230,13 @@ def chain_generators(seed: int, chain: int, device: torch.device) -> tuple[torch
     return batches, noise
 
 
-# Rule of thumb behind method="auto", from benchmarks/llc_throughput.py on a 2-core CPU with the
-# regression transformer (C=8): vmap wins while a chain's minibatch is small, because it turns
-# C small matmuls into one bigger batched matmul and pays Python overhead once; from about
-# 256 × 16 tokens per chain-step each chain's matmuls already saturate the cores and the loop
-# avoids vmap's extra copies. On CUDA the batched path always wins (one kernel launch per op
-# for all chains).
+# Rule of thumb behind method="auto", from benchmarks/llc_throughput.py on this project's 2-core
+# CPU with the regression transformer and 8 chains (1 thread): batched/loop chain-steps per
+# second were 1.1–1.35 at m = 64 contexts per chain, 0.6–1.05 at m = 256 and 0.3–0.4 at
+# m = 1,024. vmap wins while each chain's minibatch is small (one bigger batched matmul, Python
+# overhead paid once); once a chain's own matmuls fill the core, the loop avoids vmap's extra
+# copies and cache pressure. The switch sits at m ≈ 256 contexts of 16 × 5 token numbers. On
+# CUDA the batched path always wins (one kernel launch per op for all chains).
 _LOOP_MIN_ELEMENTS = 256 * 16 * 5
 
 
