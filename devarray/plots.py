@@ -13,6 +13,8 @@ cold where it decreases (figure 1), with the boundaries as dashed vertical lines
 
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -42,7 +44,11 @@ def stage_colors(directions: Sequence[str]) -> list[str]:
 
 
 def _style(element, dash: str | None = None, **common):
-    """Set options for matplotlib (always) and bokeh (when loaded); ``dash`` is ':' or '--'."""
+    """Set options for matplotlib (always) and bokeh (when loaded); ``dash`` is ':' or '--'.
+
+    Colours go in ``color``, which both backends read: with bokeh loaded first, HoloViews gives
+    matplotlib spans a default colour cycle in ``color``, which would override a ``facecolor``.
+    """
     import holoviews.plotting.mpl  # noqa: F401  registers the backend without switching to it
 
     mpl = dict(common)
@@ -55,8 +61,6 @@ def _style(element, dash: str | None = None, **common):
         bokeh = dict(common)
         if dash:
             bokeh["line_dash"] = {":": "dotted", "--": "dashed"}[dash]
-        if "facecolor" in bokeh:
-            bokeh["color"] = bokeh.pop("facecolor")
         element = element.opts(backend="bokeh", **bokeh)
     return element
 
@@ -84,7 +88,7 @@ def stage_overlay(stages: xr.Dataset) -> hv.Overlay:
     starts = np.maximum(first.stage_start.values.astype(float), 1.0)  # log axis: no step 0
     ends = first.stage_end.values.astype(float)
     spans = [
-        _style(hv.VSpan(a, b), facecolor=c, alpha=0.25, line_width=0)
+        _style(hv.VSpan(a, b), color=c, alpha=0.25, line_width=0)  # `color`, not `facecolor`: see _style
         for a, b, c in zip(starts, ends, stage_colors(first.stage_direction.values))
     ]
     lines = [
@@ -215,5 +219,8 @@ def save_png(obj: hv.core.Dimensioned, path: str | Path, *, dpi: int = 100) -> P
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    hv.save(obj, path, backend="matplotlib", dpi=dpi, fmt="png")
+    with warnings.catch_warnings():
+        # HoloViews' own VSpan defaults carry a facecolor; our `color` wins, as intended
+        warnings.filterwarnings("ignore", "Setting the 'color' property will override", UserWarning)
+        hv.save(obj, path, backend="matplotlib", dpi=dpi, fmt="png")
     return path

@@ -75,6 +75,17 @@ def test_duplicate_registration_rules(reg):
         reg.observable(name="other", variables={"wn": dict(dims=(), description="x")})(weight_norm)
 
 
+def test_unregister_removes_only_that_observable(reg):
+    reg.observable(name="wn")(weight_norm)
+    reg.observable(name="wn2")(weight_norm)
+    reg.unregister("wn")
+    assert reg.names() == ["wn2"]
+    with pytest.raises(KeyError, match="no observable 'wn' is registered; known: wn2"):
+        reg.unregister("wn")
+    reg.observable(name="wn")(weight_norm)  # the name is free again
+    assert reg.names() == ["wn", "wn2"]
+
+
 def test_spec_errors(reg):
     with pytest.raises(ValueError, match="must not contain 'step'"):
         reg.observable(name="s", dims=("step",), description="x")(weight_norm)

@@ -13,10 +13,17 @@ from devarray.store import RunStore, StoreError
 from pipelines import observe
 
 
-@obs.observable(name="test_unembedding_bias_y", long_name="unembedding bias of y", units="1")
 def unembedding_bias_y(model, probe):
     """The y-component of the unembedding bias (a user's observable, defined outside the package)."""
     return xr.DataArray(float(model.unembedding.bias[0]))
+
+
+@pytest.fixture(autouse=True)
+def user_observable():
+    # registered for this module's tests only, so that other modules see the package's registry
+    obs.observable(name="test_unembedding_bias_y", long_name="unembedding bias of y", units="1")(unembedding_bias_y)
+    yield
+    obs.unregister("test_unembedding_bias_y")
 
 
 @pytest.fixture

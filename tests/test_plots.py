@@ -75,7 +75,7 @@ def test_stage_overlay_shades_by_direction_and_marks_boundaries():
     overlay = stage_overlay(stages)
     spans = [e for e in overlay if isinstance(e, hv.VSpan)]
     lines = [e for e in overlay if isinstance(e, hv.VLine)]
-    assert [mpl_style(s, "facecolor") for s in spans] == [WARM[0], WARM[1], COLD[0]]
+    assert [mpl_style(s, "color") for s in spans] == [WARM[0], WARM[1], COLD[0]]
     assert [list(s.data) for s in spans] == [[1.0, 1000.0], [1000.0, 40_000.0], [40_000.0, 500_000.0]]  # 0 → 1: log axis
     assert [line.data for line in lines] == [1000.0, 40_000.0]
 
@@ -86,7 +86,7 @@ def test_stage_overlay_across_runs():
     a = hand_stages([0, 1000], [1000, 500_000], ["increasing", "decreasing"], [1000])
     b = hand_stages([0, 900, 30_000], [900, 30_000, 500_000], ["increasing", "increasing", "decreasing"], [900, 30_000])
     overlay = stage_overlay(xr.concat([a, b], dim="run", join="outer"))
-    assert [mpl_style(s, "facecolor") for s in overlay if isinstance(s, hv.VSpan)] == [WARM[0], COLD[0]]
+    assert [mpl_style(s, "color") for s in overlay if isinstance(s, hv.VSpan)] == [WARM[0], COLD[0]]
     assert sorted(line.data for line in overlay if isinstance(line, hv.VLine)) == [900.0, 1000.0, 30_000.0]
 
 
@@ -102,7 +102,7 @@ def test_run_figure_renders_png(tmp_path):
     assert isinstance(fig, hv.Layout) and len(fig) == 6  # 3 curves, 3 slopes
     llc_panel, llc_slope = fig[1], fig[4]
     spans = [e for e in llc_panel if isinstance(e, hv.VSpan)]
-    assert [mpl_style(s, "facecolor") for s in spans] == stage_colors(stages.stage_direction.values)
+    assert [mpl_style(s, "color") for s in spans] == stage_colors(stages.stage_direction.values)
     assert sum(isinstance(e, hv.VLine) for e in llc_panel) == stages.sizes["boundary"]
     # the staged variable gets its GP fit (top) and GP slope (bottom); the others only data
     assert "GP fit" in [e.label for e in llc_panel] and "GP fit" not in [e.label for e in fig[0]]

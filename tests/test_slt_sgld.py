@@ -205,10 +205,10 @@ def test_frozen_parameters_are_not_sampled():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["batched", "loop"])
-def test_compiled_update_matches_eager_within_rounding(method):
+def test_compiled_update_matches_eager_within_rounding():
+    # vmap ∘ grad under torch.compile, the more fragile of the two paths (the benchmark checks both)
     model, data = tiny_setup()
     s = sgld_settings(batch_size=32, num_chains=2, num_draws=10, epsilon=1e-3, localization=10.0)
-    eager = run_chains(model, regression_loss, data, s, method=method)
-    compiled = run_chains(model, regression_loss, data, s, method=method, compile=True)
+    eager = run_chains(model, regression_loss, data, s, method="batched")
+    compiled = run_chains(model, regression_loss, data, s, method="batched", compile=True)
     torch.testing.assert_close(compiled.loss, eager.loss, rtol=1e-4, atol=0)

@@ -18,6 +18,7 @@ from devarray.observables.registry import (
     get,
     names,
     observable,
+    unregister,
     variables,
 )
 from devarray.observables import regression  # importing registers the regression observables
@@ -35,5 +36,6 @@ __all__ = [
     "names",
     "observable",
     "regression",
+    "unregister",
     "variables",
 ]

@@ -148,6 +148,12 @@ class Registry:
                 )
         self._specs[spec.name] = spec
 
+    def unregister(self, name: str) -> None:
+        """Remove the observable ``name`` (values already stored are untouched)."""
+        if name not in self._specs:
+            raise KeyError(f"no observable {name!r} is registered; known: {', '.join(sorted(self._specs))}")
+        del self._specs[name]
+
     def get(self, name: str) -> ObservableSpec:
         try:
             return self._specs[name]
@@ -247,3 +253,4 @@ get = REGISTRY.get
 names = REGISTRY.names
 variables = REGISTRY.variables
 compute = REGISTRY.compute
+unregister = REGISTRY.unregister

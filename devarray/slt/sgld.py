@@ -2,7 +2,7 @@
 
 One SGLD step of chain c at parameters w_τ, with minibatch loss ℓ_m^{(τ)} (eq. 8 in the
 standard form of Lau et al. and devinterp — the paper's printed eq. 8 drops the minus sign
-and doubles the ½ on γ):
+and puts an extra ½ on γ):
 
     Δw_τ = −(ε/2) (nβ ∇ℓ_m^{(τ)}(w_τ) + γ (w_τ − w*)) + N(0, ε)
          = −β̃ ∇ℓ_m^{(τ)}(w_τ) − γ̃ (w_τ − w*) + N(0, ε),   β̃ = ε nβ / 2,  γ̃ = ε γ / 2   (A.4.3)
@@ -256,10 +256,24 @@ def choose_method(method: str, device: torch.device, batch_example: Sequence[tor
     return "loop" if row_elements >= _LOOP_MIN_ELEMENTS else "batched"
 
 
-def _grad_fn(flat: FlatLoss, method: str) -> Callable:
-    """(w, *batch) -> (∇ℓ_m(w), ℓ_m(w)); for "batched", w and the batch carry a leading chain dim."""
-    fn = grad_and_value(flat)
-    return vmap(fn) if method == "batched" else fn
+def _grad_fn(flat: FlatLoss, method: str, compile: bool = False) -> Callable:
+    """(w, *batch) -> (∇ℓ_m(w), ℓ_m(w)); for "batched", w and the batch carry a leading chain dim.
+
+    The eager loop uses plain autograd: the same numbers as ``torch.func.grad`` (bitwise, on
+    CPU) at about 10 % less time per call; ``torch.compile`` wants the functional form.
+    """
+    if method == "batched":
+        return vmap(grad_and_value(flat))
+    if compile:
+        return grad_and_value(flat)
+
+    def autograd(w, *batch):
+        w = w.detach().requires_grad_()
+        loss = flat(w, *batch)
+        (grad,) = torch.autograd.grad(loss, w)
+        return grad, loss.detach()
+
+    return autograd
 
 
 # The last compiled gradient function, so that estimating many checkpoints with one model object
@@ -271,7 +285,7 @@ def _compiled(model: nn.Module, loss_fn: LossFn, method: str, flat: FlatLoss) ->
     key = (id(model), loss_fn, method, tuple(flat.names), tuple(flat.shapes))
     if key not in _COMPILED:
         _COMPILED.clear()
-        _COMPILED[key] = torch.compile(_grad_fn(flat, method), dynamic=False)
+        _COMPILED[key] = torch.compile(_grad_fn(flat, method, compile=True), dynamic=False)
     return _COMPILED[key]
 
 
