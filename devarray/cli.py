@@ -90,7 +90,7 @@ def _cmd_demo(args) -> None:
         print(llc.summary_table(path))
     print(f"stages of {path} (LLC plateaus, appendix B.1):")
     print(stages.table(path))
-    print(lr1_lr2_report(path))
+    print(stages.lr1_lr2_report(path))
     print(f"figure: {figure}")
     print(f"explore: panel serve apps/stages.py --args {path}")
 
@@ -147,21 +147,6 @@ def _figure(paths: list[str], out) -> None:
 def _cmd_figure(args) -> None:
     _figure(args.stores, args.output)
     print(f"figure written to {args.output}")
-
-
-def lr1_lr2_report(path) -> str:
-    """Where the first boundary falls relative to the LR1 -> LR2 transition in the test loss."""
-    store = RunStore.open(path, mode="r")
-    st = store.dataset("stages").load()
-    ev = store.dataset("eval").load()
-    zero = ev.attrs["zero_predictor_loss"]
-    if not st.sizes["boundary"]:
-        return "no stage boundary found on this LLC curve"
-    b = int(st.boundary_step[0])
-    at = float(ev.test_loss.sel(step=b, method="nearest"))
-    after = float(ev.test_loss.sel(step=slice(b, None)).min())
-    return (f"first boundary at step {b} ({st.boundary_kind.values[0]}): test loss {at:.3f} there, zero predictor "
-            f"{zero:.3f}, lowest after it {after:.3f} (LR1 -> LR2: the model starts to use the context)")
 
 
 def _cmd_info(args) -> None:

@@ -31,7 +31,9 @@ the minimum of |slope| between them, if that minimum is below the tolerance (oth
 movements are one stage). With no noise this is exactly the rule of B.1; with noise, wiggles of the
 slope that the band cannot tell from zero make no boundary. A boundary's uncertainty is the
 stretch of log step around it where the band contains the slope's value at the boundary (zero at a
-crossing).
+crossing). Before the first movement, a slow change that the band cannot call a slope still makes a
+stage if it moves the smooth curve by ``min_change`` and then flattens (see ``_leading_boundary``):
+the LR1 of a short run, whose LLC creeps up and stalls before LR2's rise.
 """
 
 from __future__ import annotations
@@ -226,6 +228,9 @@ def _boundaries(x, smooth, slope, lo, hi, tol, min_change, x_data, min_checkpoin
         and np.count_nonzero((x_data >= x[m[0]]) & (x_data <= x[m[1]])) >= min_checkpoints
     )
     found = []
+    if moves:
+        lead = _leading_boundary(smooth, slope, tol, min_change, moves[0], x, x_data, min_checkpoints)
+        moves = ([lead] if lead else []) + moves
     for (_, end, s1), (start, _, s2) in zip(moves, moves[1:]):
         gap = np.arange(end, start + 1)
         if s1 != s2:
@@ -246,6 +251,32 @@ def _boundaries(x, smooth, slope, lo, hi, tol, min_change, x_data, min_checkpoin
         # one grid point wider on each side, so the interval is never empty
         found.append((i, kind, max(a - 1, 0), min(b + 1, len(x) - 1)))
     return found
+
+
+def _leading_boundary(smooth, slope, tol, min_change, first_move, x, x_data, min_checkpoints):
+    """A pseudo-movement for a slow change before the first movement, or None.
+
+    Before its first significant movement a curve may already have changed slowly, below what
+    the band can call a slope, and then flattened: LR1 of a short run, where the LLC creeps up
+    while the loss falls to the zero predictor's and then stalls before LR2's rise. That is a
+    stage when the smooth curve has moved by ``min_change`` from its start (over at least
+    ``min_checkpoints`` checkpoints) and then flattens, to |slope| below the tolerance and below
+    half its mean |slope| since the start, before the first movement; its boundary goes where the usual rule puts it, at the flattest point (or the
+    extremum, when the first movement goes the other way). A curve that merely starts flat and
+    accelerates (a single smooth rise, a line in step) is never flatter than its own mean pace.
+    """
+    start = first_move[0]
+    moved = np.flatnonzero(np.abs(smooth[:start] - smooth[0]) >= min_change)
+    if not len(moved) or np.count_nonzero(x_data <= x[moved[0]]) < min_checkpoints:
+        return None
+    pace = np.abs(smooth[moved] - smooth[0]) / (x[moved] - x[0])  # mean |slope| since the start
+    # flat, and flattened: well below the pace so far (a curve that only accelerates — a line in
+    # step, the foot of a logistic — is never slower than its own average)
+    flat = moved[(np.abs(slope[moved]) < tol) & (np.abs(slope[moved]) < 0.5 * pace)]
+    if not len(flat):
+        return None
+    direction = 1 if smooth[flat[0]] > smooth[0] else -1
+    return (0, int(flat[0]), direction)  # its "end" is where the rule's gap to the first movement begins
 
 
 def _attrs(long_name: str, units: str, description: str) -> dict:

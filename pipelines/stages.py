@@ -59,3 +59,51 @@ def table(path) -> str:
     stages = store.dataset(GROUP).load()
     ev = _done(store.dataset("eval")).load()
     return stage_table(stages, ev[["test_loss"]]).to_string(float_format=lambda v: f"{v:.3f}")
+
+
+def lr1_lr2_check(path) -> dict:
+    """Is the first boundary the paper's LR1 → LR2 (§5.1): the end of the context-free stage?
+
+    There the test loss has come down to the zero predictor's (D + σ², on the stored test set:
+    ``eval`` attr ``zero_predictor_loss``) and is about to fall below it as the model starts to use
+    the context. Criteria: the test loss at the boundary within 5 % of the zero predictor's, never
+    below 95 % of it up to the boundary, and below 95 % of it before the second boundary (or the
+    end), falling to under 80 % of it by the end of the run. Returns the figures and ``ok``.
+    """
+    store = RunStore.open(path, mode="r")
+    st = store.dataset(GROUP).load()
+    ev = _done(store.dataset("eval")).load()
+    zero = float(ev.attrs["zero_predictor_loss"])
+    out = {"zero_predictor_loss": zero, "ok": False}
+    if not st.sizes["boundary"]:
+        return out
+    b = int(st.boundary_step[0])
+    end = int(st.boundary_step[1]) if st.sizes["boundary"] > 1 else int(ev.step[-1])
+    loss = ev.test_loss
+    below = loss.step[loss < 0.95 * zero]
+    out |= {
+        "boundary_step": b,
+        "boundary_kind": str(st.boundary_kind.values[0]),
+        "loss_at_boundary": float(loss.sel(step=b, method="nearest")),
+        "min_loss_before": float(loss.sel(step=slice(None, b)).min()),
+        "first_step_below": int(below[0]) if below.size else None,
+        "final_loss": float(loss[-1]),
+    }
+    out["ok"] = (
+        abs(out["loss_at_boundary"] - zero) <= 0.05 * zero
+        and out["min_loss_before"] >= 0.95 * zero
+        and out["first_step_below"] is not None and b < out["first_step_below"] <= end
+        and out["final_loss"] < 0.8 * zero
+    )
+    return out
+
+
+def lr1_lr2_report(path) -> str:
+    """One line: where the first boundary falls relative to the LR1 → LR2 transition."""
+    c = lr1_lr2_check(path)
+    if "boundary_step" not in c:
+        return "no stage boundary found on this LLC curve"
+    verdict = "the end of LR1 (LR1 -> LR2)" if c["ok"] else "NOT the LR1 -> LR2 transition"
+    return (f"first boundary at step {c['boundary_step']} ({c['boundary_kind']}) is {verdict}: test loss "
+            f"{c['loss_at_boundary']:.3f} there, zero predictor {c['zero_predictor_loss']:.3f}; below 95% of it "
+            f"from step {c['first_step_below']}, {c['final_loss']:.3f} at the end")

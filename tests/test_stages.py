@@ -239,3 +239,27 @@ def test_bad_input():
         find_stages([1.0, 2.0, np.nan, 3.0], [0, 1, 2, 3])
     with pytest.raises(ValueError, match="tolerance"):
         find_stages(STAGED(X), STEPS, tolerance=2)
+
+
+# A short run's LLC (the quick preset, 6,000 steps): LR1 only creeps up, by less than the band can
+# call a slope, stalls while the loss sits at the zero predictor's, then LR2 rises sharply.
+QUICK_STEPS = checkpoint_schedule(6000, 20, 30)
+QUICK_LIKE = Steps([np.log(20), np.log(450), np.log(2500)], [3, 30, -8], [0.8, 0.15, 0.3])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_slow_first_stage_that_stalls_is_a_stage(seed):
+    x = np.log(np.maximum(QUICK_STEPS, 1))
+    y = QUICK_LIKE(x) + 0.4 * np.random.default_rng(seed).standard_normal(len(x))
+    ds = find_stages(y, QUICK_STEPS)
+    truth = QUICK_LIKE.boundaries()
+    assert list(ds.boundary_kind.values) == [k for _, k in truth]
+    x, lo, hi = log_bounds(ds)
+    true_x = np.array([t for t, _ in truth])
+    # a long plateau has no sharp location: the boundary must lie on it (true |slope| below the
+    # tolerance), the truth inside the reported interval; the maximum is sharp
+    grid = np.linspace(0, np.log(6000), 2000)
+    assert abs(QUICK_LIKE.slope(x[0])) < 0.1 * np.abs(QUICK_LIKE.slope(grid)).max()
+    assert np.all((lo - 0.1 <= true_x) & (true_x <= hi + 0.1)), (lo, true_x, hi)
+    assert abs(x[1] - true_x[1]) <= 0.3
+    assert list(ds.stage_direction.values) == ["increasing", "increasing", "decreasing"]
