@@ -12,10 +12,10 @@ import numpy as np
 
 from devarray.checkpoints import build_task, load_model
 from devarray.slt.hessian import hessian_stats
-from devarray.store import RunStore, StoreError
+from devarray.store import RunStore
 from devarray.tasks.regression import mse_loss
 
-from .runner import map_checkpoints
+from .runner import map_checkpoints, prepare_group
 
 GROUP = "hessian"
 
@@ -43,15 +43,8 @@ def run(path, *, batch_size: int = 1024, num_probes: int = 100, top_k: int = 5, 
     store = RunStore.open(path)
     attrs = {"batch_size": batch_size, "num_probes": num_probes, "top_k": top_k, "num_lanczos": num_lanczos,
              "seed": seed, "batch": "task stream 'hessian'", "loss": "mean squared error over all K positions (eq. 2)"}
-    if store.has_group(GROUP) and not overwrite:
-        stored = {k: store.group(GROUP).attrs.get(k) for k in attrs}
-        if stored != attrs:
-            diff = sorted(k for k in attrs if stored.get(k) != attrs[k])
-            raise StoreError(f"{path} holds Hessian statistics made with other settings ({', '.join(diff)}); "
-                             "pass --overwrite to recompute them all")
-    else:
-        store.create_group(GROUP, {"step": store.steps("params"), "eig": np.arange(top_k)}, attrs=attrs,
-                           overwrite=overwrite)
+    prepare_group(store, GROUP, {"step": store.steps("params"), "eig": np.arange(top_k)}, attrs,
+                  "Hessian statistics", overwrite=overwrite)
     available = store.done_steps("params")
     wanted = available if steps is None else np.intersect1d(available, np.asarray(steps))
     pending = np.setdiff1d(wanted, store.done_steps(GROUP))

@@ -19,7 +19,7 @@ from devarray.slt import SGLDSettings, estimate_llc
 from devarray.store import RunStore, StoreError
 from devarray.tasks.regression import mse_loss
 
-from .runner import map_checkpoints
+from .runner import map_checkpoints, prepare_group
 
 GROUP = "llc"
 
@@ -53,16 +53,8 @@ def sampler_attrs(settings: SGLDSettings, seed: int, dataset_size: int, init_los
 
 def prepare(store: RunStore, attrs: dict, num_chains: int, num_draws: int, *, overwrite: bool) -> None:
     """Allocate the llc group, or check that the existing one was made with the same settings."""
-    if store.has_group(GROUP) and not overwrite:
-        stored = {k: store.group(GROUP).attrs.get(k) for k in attrs}
-        if stored != attrs:
-            diff = sorted(k for k in attrs if stored.get(k) != attrs[k])
-            raise StoreError(f"{store.path} holds LLC estimates made with other settings ({', '.join(diff)}); "
-                             "pass --overwrite to recompute them all")
-        return
-    steps = store.steps("params")
-    store.create_group(GROUP, {"step": steps, "chain": np.arange(num_chains), "draw": np.arange(num_draws)},
-                       attrs=attrs, overwrite=overwrite)
+    coords = {"step": store.steps("params"), "chain": np.arange(num_chains), "draw": np.arange(num_draws)}
+    prepare_group(store, GROUP, coords, attrs, "LLC estimates", overwrite=overwrite)
 
 
 def run(path, settings: SGLDSettings, *, seed: int = 0, dataset_size: int, init_loss_rows: int | None = None,

@@ -19,6 +19,21 @@ import torch
 from tqdm.auto import tqdm
 
 
+def prepare_group(store, group: str, coords: dict, attrs: dict, what: str, *, overwrite: bool) -> None:
+    """Allocate ``group`` with its settings as attrs, or check that the stored one was made with
+    the same settings: results made otherwise are never mixed in or replaced without ``overwrite``."""
+    from devarray.store import StoreError
+
+    if store.has_group(group) and not overwrite:
+        stored = {k: store.group(group).attrs.get(k) for k in attrs}
+        if stored != attrs:
+            diff = sorted(k for k in attrs if stored.get(k) != attrs[k])
+            raise StoreError(f"{store.path} holds {what} made with other settings ({', '.join(diff)}); "
+                             "pass --overwrite to recompute them all")
+        return
+    store.create_group(group, coords, attrs=attrs, overwrite=overwrite)
+
+
 def _with_threads(task: Callable, threads: int | None) -> Callable:
     def run(*args, **kwargs):
         if threads:
