@@ -9,7 +9,7 @@ from torch import nn
 from devarray.models.regression import RegressionConfig, RegressionTransformer
 from devarray.slt.llc import regression_loss
 from devarray.slt.potentials import Potential, Quadratic, dummy_dataset, potential_loss
-from devarray.slt.sgld import _BatchStream, choose_method, run_chains, sgld_settings
+from devarray.slt.sgld import FlatLoss, _BatchStream, _grad_fn, choose_method, run_chains, sgld_settings
 from devarray.tasks.regression import RegressionTask
 
 TINY = RegressionConfig(D=2, K=4, L=1, H=2, d_embed=16, d_mlp=16)
@@ -202,6 +202,17 @@ def test_frozen_parameters_are_not_sampled():
     out = run_chains(Half(), potential_loss, dummy_dataset(), s)
     assert out.num_params == 2
     assert (out.loss >= 2.0).all() and out.loss[:, 0].eq(2.0).all()  # w_1 = w*, fixed part kept
+
+
+def test_eager_loop_gradient_is_torch_func_grad():
+    # the loop path's plain-autograd gradient is torch.func's (which the compiled path uses)
+    model, (tokens, y) = tiny_setup(n=64)
+    flat = FlatLoss(model, regression_loss)
+    w = flat.w0 + 0.01 * torch.randn(flat.w0.shape, generator=torch.Generator().manual_seed(0))
+    g_loop, l_loop = _grad_fn(flat, "loop")(w, tokens, y)
+    g_func, l_func = _grad_fn(flat, "loop", compile=True)(w, tokens, y)
+    torch.testing.assert_close(l_loop, l_func, rtol=0, atol=0)
+    torch.testing.assert_close(g_loop, g_func, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.slow
