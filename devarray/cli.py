@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -55,8 +56,6 @@ def _cmd_stages(args) -> None:
 
 
 def _cmd_demo(args) -> None:
-    from pathlib import Path
-
     from pipelines import hessian, llc, observe, stages
 
     from .slt.presets import PRESETS as LLC_PRESETS
@@ -134,8 +133,6 @@ def _figure(paths: list[str], out) -> None:
         ds, stages, fits = inputs[0]
         fig = plots.run_figure(ds, stages, fits=fits)
     else:
-        from pathlib import Path
-
         names = [Path(p).name.removesuffix(".zarr") for p in paths]
         ds = xr.concat([i[0] for i in inputs], dim="run", join="outer").assign_coords(run=names)
         st = [i[1] for i in inputs]
@@ -273,8 +270,14 @@ def calibration_table(grid, step: int) -> str:
 def _cmd_observe(args) -> None:
     from pipelines import observe
 
-    for path in args.stores:
-        results = observe.run(path, args.names or None, probe_seed=args.probe_seed, modules=args.module,
+    # `devarray observe STORE... [NAME...]`: paths (existing, or ending in .zarr) are stores
+    stores = [t for t in args.targets if t.endswith(".zarr") or Path(t).exists()]
+    names = [t for t in args.targets if t not in stores] + (args.names or [])
+    if not stores:
+        raise StoreError(f"no run store among {' '.join(args.targets)}; give a store path first, e.g. "
+                         "devarray observe stores/lr-quick-s0.zarr icl_scores")
+    for path in stores:
+        results = observe.run(path, names or None, probe_seed=args.probe_seed, modules=args.module,
                               steps=_steps(args.steps), overwrite=args.overwrite, workers=args.workers,
                               scheduler=args.scheduler, threads=args.threads, progress=not args.quiet)
         print(f"{path}: computed {sum(len(r['names']) for r in results)} observable-checkpoints")
@@ -342,8 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     ca.set_defaults(func=_cmd_calibrate)
 
     ob = sub.add_parser("observe", help="compute registered observables at every checkpoint")
-    ob.add_argument("stores", nargs="+", help="run stores")
-    ob.add_argument("--name", dest="names", action="append", help="observable to compute (repeat; default: all)")
+    ob.add_argument("targets", nargs="+", metavar="STORE_OR_NAME",
+                    help="run stores, then observables to compute (default: all registered)")
+    ob.add_argument("--name", dest="names", action="append", help="observable to compute (repeatable)")
     ob.add_argument("--module", action="append", default=[], help="Python file or module that registers observables")
     ob.add_argument("--probe-seed", type=int, default=0)
     _add_compute_options(ob)

@@ -95,3 +95,17 @@ def test_cli_imports_a_users_module(store, tmp_path):
     ds = xr.open_zarr(store, group="observables")
     ln = RunStore.open(store).dataset("params")["ln_out.weight"].mean("d_embed")
     np.testing.assert_allclose(ds.ln_out_weight_mean.values, ln.values, rtol=1e-6)
+
+
+def test_cli_takes_observable_names_after_the_store(store, capsys):
+    from devarray import cli
+
+    assert cli.main(["observe", str(store), "prediction_scale", "icl_scores", "--steps", "0,1", "--quiet"]) == 0
+    assert "computed 4 observable-checkpoints" in capsys.readouterr().out
+    ds = RunStore.open(store).dataset("observables")
+    assert bool(ds.done_prediction_scale.sel(step=[0, 1]).all()) and bool(ds.done_icl_scores.sel(step=[0, 1]).all())
+    assert "done_ood" not in ds and "ood_nmse" not in ds  # only what was named
+    assert cli.main(["observe", "prediction_scale"]) == 2
+    assert "no run store among prediction_scale" in capsys.readouterr().err
+    assert cli.main(["observe", str(store), "no_such_observable", "--quiet"]) == 2
+    assert "no_such_observable" in capsys.readouterr().err
