@@ -197,8 +197,8 @@ def _cmd_llc(args) -> None:
           f"gamma~={settings.gamma_tilde:g}, m={settings.batch_size}, n={n}")
     for path in args.stores:
         results = llc.run(path, settings, seed=args.seed, dataset_size=n, steps=_steps(args.steps),
-                          overwrite=args.overwrite, workers=args.workers, scheduler=args.scheduler,
-                          threads=args.threads, progress=not args.quiet)
+                          compile=args.compile, overwrite=args.overwrite, workers=args.workers,
+                          scheduler=args.scheduler, threads=args.threads, progress=not args.quiet)
         print(llc.summary_table(path))
         warning = llc.flagged(results)
         if warning:
@@ -323,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     ll.add_argument("--localization", "--gamma", dest="localization", type=float)
     ll.add_argument("--gamma-tilde", type=float, help="ε γ / 2")
     ll.add_argument("--seed", type=int, default=0, help="SGLD seed, the same at every checkpoint (A.4.2)")
+    ll.add_argument("--compile", action="store_true",
+                    help="torch.compile the gradient: faster long chains (e.g. --preset paper), ~15 s to compile per checkpoint")
     _add_compute_options(ll)
     ll.set_defaults(func=_cmd_llc)
 

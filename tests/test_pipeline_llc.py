@@ -79,3 +79,19 @@ def test_any_scheduler_address(store, tmp_path):
     a, b = llc_arrays(store), llc_arrays(tmp_path / "remote.zarr")
     for v in a:
         assert a[v].tobytes() == b[v].tobytes(), v
+
+
+@pytest.mark.slow
+def test_cli_compile_matches_eager_within_rounding(store, tmp_path, capsys):
+    from devarray import cli
+
+    shutil.copytree(store, tmp_path / "compiled.zarr")
+    common = ["--chains", "2", "--draws", "12", "--burnin", "4", "--batch-size", "32", "--dataset-size", "256",
+              "--epsilon", "1e-3", "--beta-tilde", "0.01", "--gamma-tilde", "0.01", "--steps", "56",
+              "--threads", "1", "--quiet"]
+    assert cli.main(["llc", str(store), *common]) == 0
+    assert cli.main(["llc", str(tmp_path / "compiled.zarr"), "--compile", *common]) == 0
+    a, b = llc_arrays(store), llc_arrays(tmp_path / "compiled.zarr")
+    step = list(RunStore.open(store).dataset("llc").step.values).index(56)
+    np.testing.assert_allclose(b["loss"][step], a["loss"][step], rtol=1e-4)
+    assert abs(b["llc_mean"][step] - a["llc_mean"][step]) < 1e-2 * abs(a["llc_mean"][step]) + 0.05
