@@ -228,6 +228,7 @@ def _cmd_calibrate(args) -> None:
     if args.step is None:
         args.step = int(store.done_steps("params")[-1])
     model = load_model(store, args.step)
+    model.fused_attention = True  # as the LLC pipeline samples it
     grid = calibrate(
         model, mse_loss, sgld_dataset(store.config, args.dataset_size or preset.dataset_size),
         epsilon=_floats(args.epsilon, "--epsilon"),

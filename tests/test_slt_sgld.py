@@ -144,8 +144,8 @@ def test_every_checkpoint_sees_the_same_batches_and_noise():
 
 def test_auto_rule():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    small = (torch.zeros(64, 16, 5), torch.zeros(64, 8))
-    large = (torch.zeros(1024, 16, 5), torch.zeros(1024, 8))
+    small = (torch.zeros(32, 16, 5), torch.zeros(32, 8))
+    large = (torch.zeros(64, 16, 5), torch.zeros(64, 8))
     assert choose_method("auto", cpu, small, 8) == "batched"
     assert choose_method("auto", cpu, large, 8) == "loop"
     assert choose_method("auto", cuda, large, 8) == "batched"

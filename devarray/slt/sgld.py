@@ -231,13 +231,14 @@ def chain_generators(seed: int, chain: int, device: torch.device) -> tuple[torch
 
 
 # Rule of thumb behind method="auto", from benchmarks/llc_throughput.py on this project's 2-core
-# CPU with the regression transformer and 8 chains (1 thread): batched/loop chain-steps per
-# second were 1.1–1.35 at m = 64 contexts per chain, 0.6–1.05 at m = 256 and 0.3–0.4 at
-# m = 1,024. vmap wins while each chain's minibatch is small (one bigger batched matmul, Python
-# overhead paid once); once a chain's own matmuls fill the core, the loop avoids vmap's extra
-# copies and cache pressure. The switch sits at m ≈ 256 contexts of 16 × 5 token numbers. On
-# CUDA the batched path always wins (one kernel launch per op for all chains).
-_LOOP_MIN_ELEMENTS = 256 * 16 * 5
+# CPU with the regression transformer (fused attention on the loop path, as pipelines/llc.py
+# runs it) and 8 chains: batched/loop chain-steps per second were 1.51 at m = 16 contexts per
+# chain, 1.18 at m = 32, 0.92 at m = 64, 0.77 at m = 256 and 0.26 at m = 1,024. vmap wins while
+# each chain's minibatch is small (one bigger batched matmul, Python overhead paid once); once a
+# chain's own matmuls fill the core, the loop avoids vmap's extra copies and cache pressure and
+# can use fused kernels that have no vmap rule. The switch sits at m ≈ 48 contexts of 16 × 5
+# token numbers. On CUDA the batched path always wins (one kernel launch per op for all chains).
+_LOOP_MIN_ELEMENTS = 48 * 16 * 5
 
 
 def choose_method(method: str, device: torch.device, batch_example: Sequence[torch.Tensor], num_chains: int) -> str:
