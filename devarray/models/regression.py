@@ -130,8 +130,9 @@ class RegressionTransformer(nn.Module):
     def fused_attention(self) -> bool:
         """Use PyTorch's fused attention kernel where no weights are asked for (default off).
 
-        First derivatives only: turn it on for SGLD and training, never for Hessians (the CPU
-        kernel has no double backward)."""
+        First derivatives only: the LLC pipeline and ``devarray calibrate`` turn it on; never for
+        Hessians (the CPU kernel has no double backward). Training leaves it off, so stored
+        training runs do not depend on it."""
         return all(b.attn.fused for b in self.blocks)
 
     @fused_attention.setter
