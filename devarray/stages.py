@@ -263,8 +263,8 @@ def _leading_boundary(smooth, slope, tol, min_change, first_move, x, x_data, min
     ``min_checkpoints`` checkpoints) and then flattens, to |slope| below the tolerance and below
     half its mean |slope| since the start, before the first movement. Its boundary goes where the
     usual rule puts it: at the flattest point (or the extremum, when the first movement goes the
-    other way). A curve that merely starts flat and
-    accelerates (a single smooth rise, a line in step) is never flatter than its own mean pace.
+    other way). A curve that merely starts flat and accelerates (a single smooth rise, a line in
+    step) is never flatter than its own mean pace.
     """
     start = first_move[0]
     moved = np.flatnonzero(np.abs(smooth[:start] - smooth[0]) >= min_change)
