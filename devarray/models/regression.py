@@ -21,6 +21,8 @@ from torch import nn
 from torch._C._functorch import is_functorch_wrapped_tensor
 from torch.nn import functional as F
 
+from . import attention_kernel
+
 
 @dataclass(frozen=True)
 class RegressionConfig:
@@ -59,22 +61,24 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, h: torch.Tensor, need_weights: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, C = h.shape
-        q, k, v = self.qkv(h).split(C, dim=-1)
+        qkv = self.qkv(h)
+        if self.fused and not need_weights and self._kernel_applies(qkv):
+            return self.out(attention_kernel.causal_attention(qkv, self.H)), None
         # (B, T, C) -> (B, H, T, C/H)
-        q, k, v = (a.view(B, T, self.H, C // self.H).transpose(1, 2) for a in (q, k, v))
-        if self.fused and not need_weights and not torch.compiler.is_compiling() and not is_functorch_wrapped_tensor(h):
-            # PyTorch's fused kernel: ~11 % faster eager SGLD at batch 1,024 on a CPU. Opt-in
-            # (RegressionTransformer.fused_attention) because it has no double backward
-            # (Hessians) and no vmap batching rule: under torch.func transforms (the batched
-            # SGLD path) the explicit softmax below runs, and under torch.compile, which fuses it
-            # itself (and cannot trace the wrapper check). Both agree within float rounding.
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            return self.out(y.transpose(1, 2).reshape(B, T, C)), None
+        q, k, v = (a.view(B, T, self.H, C // self.H).transpose(1, 2) for a in qkv.split(C, dim=-1))
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(C // self.H)
         scores = scores.masked_fill(~self.mask[:T, :T], float("-inf"))
         attn = F.softmax(scores, dim=-1)
         y = (attn @ v).transpose(1, 2).reshape(B, T, C)
         return self.out(y), attn
+
+    def _kernel_applies(self, qkv: torch.Tensor) -> bool:
+        """The fused kernel (attention_kernel.py) serves plain eager float32 CPU calls; under
+        torch.func transforms (the batched SGLD path, Hessians) and torch.compile, which fuses
+        the explicit form itself, the explicit softmax runs. Both agree within float rounding."""
+        return (qkv.device.type == "cpu" and qkv.dtype == torch.float32
+                and not torch.compiler.is_compiling() and not is_functorch_wrapped_tensor(qkv)
+                and attention_kernel.available(qkv.shape[1], self.H, qkv.shape[2] // (3 * self.H)))
 
 
 class MLP(nn.Module):
@@ -128,11 +132,12 @@ class RegressionTransformer(nn.Module):
 
     @property
     def fused_attention(self) -> bool:
-        """Use PyTorch's fused attention kernel where no weights are asked for (default off).
+        """Use the fused attention kernel (attention_kernel.py) where no weights are asked for
+        (default off).
 
         First derivatives only: the LLC pipeline and ``devarray calibrate`` turn it on; never for
-        Hessians (the CPU kernel has no double backward). Training leaves it off, so stored
-        training runs do not depend on it."""
+        Hessians (the kernel has no double backward, and says so if asked). Training leaves it
+        off, so stored training runs do not depend on the machine's compiler."""
         return all(b.attn.fused for b in self.blocks)
 
     @fused_attention.setter
