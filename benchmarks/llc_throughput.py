@@ -3,7 +3,9 @@
 For 8 chains and minibatches of 64, 256 and 1,024 contexts, measures chain-steps per second of
 the per-chain loop, the batched (vmap) path and the path that ``method="auto"`` chooses, and
 the achieved model FLOP rate, 6 × parameters × tokens per second, as a fraction of the dense
-fp32 matmul rate (a 2048² matmul) measured in the same run. Paths are timed in alternating
+fp32 matmul rate (a 2048² matmul) measured in the same run. The loop runs with the fused
+attention kernel, as pipelines/llc.py runs it; "loop, explicit" is the same loop with PyTorch's
+explicit attention, the baseline for what the kernel buys. Paths are timed in alternating
 rounds and each one's best round is kept (the matmul rate too), so a noisy shared machine
 hurts every path alike.
 
@@ -40,9 +42,13 @@ def matmul_rate(device: torch.device, size: int = 2048, repeats: int = 10) -> fl
     return 2 * size**3 / best
 
 
-def throughput(model, data, m, chains, steps, method, compile=False) -> tuple[float, torch.Tensor]:
+def throughput(model, data, m, chains, steps, method, compile=False, fused=True) -> tuple[float, torch.Tensor]:
     settings = sgld_settings(batch_size=m, num_chains=chains, num_draws=steps, epsilon=1e-4, localization=100.0)
-    r = run_chains(model, regression_loss, data, settings, seed=0, method=method, compile=compile)
+    model.fused_attention = fused
+    try:
+        r = run_chains(model, regression_loss, data, settings, seed=0, method=method, compile=compile)
+    finally:
+        model.fused_attention = True
     return chains * steps / r.seconds, r.loss
 
 
@@ -73,35 +79,38 @@ def main() -> None:
     for m in args.batch_sizes:
         steps = max(3, 4096 // m)
         chosen = choose_method("auto", device, tuple(x[:m] for x in data), args.chains)
-        variants = {"loop": ("loop", False), "batched": ("batched", False)}
+        variants = {"loop": ("loop", False, True), "explicit": ("loop", False, False), "batched": ("batched", False, True)}
         row = {"m": m, "chosen": chosen}
         if args.compile:
-            variants["compiled"] = (chosen, True)
+            variants["compiled"] = (chosen, True, True)
             t = time.perf_counter()
             throughput(model, data, m, args.chains, 1, chosen, compile=True)  # compiles (cached per model)
             row["compile_s"] = time.perf_counter() - t
             compiled = throughput(model, data, m, args.chains, steps, chosen, compile=True)[1]
             eager = throughput(model, data, m, args.chains, steps, chosen)[1]
             row["compiled_max_rel_diff"] = float(((compiled - eager).abs() / eager.abs()).max())
-        for method, compile in variants.values():  # warm-up: allocator, first-call overheads
-            throughput(model, data, m, args.chains, 1, method, compile)
+        for variant in variants.values():  # warm-up: allocator, first-call overheads
+            throughput(model, data, m, args.chains, 1, *variant)
         best = dict.fromkeys(variants, 0.0)
         for _ in range(args.rounds):  # alternate, keep each variant's best round
-            for name, (method, compile) in variants.items():
-                best[name] = max(best[name], throughput(model, data, m, args.chains, steps, method, compile)[0])
+            for name, variant in variants.items():
+                best[name] = max(best[name], throughput(model, data, m, args.chains, steps, *variant)[0])
             peak = max(peak, matmul_rate(device, repeats=3))
         rows.append(row | best | {"auto": best[chosen]})
 
     flop = lambda r, key: 6 * P * r["m"] * tokens_per_row * r[key] / peak
-    head = f"{'m':>5} {'chosen':>8} {'loop':>9} {'batched':>9} {'auto':>9} {'auto/loop':>9} {'batch/loop':>10} {'auto FLOP/matmul':>16}"
+    head = (f"{'m':>5} {'chosen':>8} {'loop':>9} {'explicit':>9} {'batched':>9} {'auto':>9} {'auto/loop':>9} "
+            f"{'loop/explicit':>13} {'batch/loop':>10} {'auto FLOP/matmul':>16}")
     if args.compile:
         head += f" {'compiled':>9} {'comp/auto':>9} {'comp FLOP/matmul':>16} {'compile s':>9} {'max rel Δloss':>13}"
     print(f"dense fp32 matmul (2048²): {peak / 1e9:.1f} GFLOP/s (best in the run)\n")
-    print("chain-steps per second (best of rounds)")
+    print("chain-steps per second (best of rounds); loop = per-chain loop with the fused attention kernel, "
+          "explicit = the same loop with PyTorch attention")
     print(head)
     for r in rows:
-        line = (f"{r['m']:>5} {r['chosen']:>8} {r['loop']:>9.1f} {r['batched']:>9.1f} {r['auto']:>9.1f} "
-                f"{r['auto'] / r['loop']:>9.2f} {r['batched'] / r['loop']:>10.2f} {flop(r, 'auto'):>16.1%}")
+        line = (f"{r['m']:>5} {r['chosen']:>8} {r['loop']:>9.1f} {r['explicit']:>9.1f} {r['batched']:>9.1f} {r['auto']:>9.1f} "
+                f"{r['auto'] / r['loop']:>9.2f} {r['loop'] / r['explicit']:>13.2f} {r['batched'] / r['loop']:>10.2f} "
+                f"{flop(r, 'auto'):>16.1%}")
         if args.compile:
             line += (f" {r['compiled']:>9.1f} {r['compiled'] / r['auto']:>9.2f} {flop(r, 'compiled'):>16.1%}"
                      f" {r['compile_s']:>9.1f} {r['compiled_max_rel_diff']:>13.1e}")

@@ -8,7 +8,9 @@ With the paper's defaults (D=4, K=8, L=2, H=4, d_embed=d_mlp=64) it has 51,717 p
 
 Attention is written out (``q @ k.T``, mask, softmax) rather than calling
 ``scaled_dot_product_attention``: on the CPU that kernel has no ``vmap`` batching rule, and
-the SGLD sampler advances all chains with ``torch.func.vmap`` over stacked parameters.
+the SGLD sampler advances all chains with ``torch.func.vmap`` over stacked parameters. For
+first-derivative work on the CPU, ``fused_attention`` swaps in a fused kernel
+(attention_kernel.py), about twice as fast as either PyTorch attention at these sizes.
 """
 
 from __future__ import annotations

@@ -23,7 +23,11 @@ bitwise identical, and the draws do not depend on the path or on the number of c
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
+import platform
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
@@ -223,6 +227,25 @@ class ChainSamples:
     seconds: float
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+
+
+@functools.cache
+def retain_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse, once per process (Linux only).
+
+    Every SGLD step allocates the same activations again (tens of MB at m = 1,024). By default
+    glibc serves blocks from 128 KB up with fresh ``mmap`` pages and hands freed heap back to the
+    system, so each step pays a page fault for every 4 KB it touches: about a tenth of the CPU time
+    went to the kernel (benchmarks/llc_throughput.py, 2 cores). Blocks under 32 MB now come from the
+    heap, and freed heap is kept up to 1 GB. Process-wide and harmless for correctness; PyTorch's
+    CPU tuning guide gets the same effect by preloading jemalloc or tcmalloc."""
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+
+
 def chain_generators(seed: int, chain: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
     """The (minibatch, noise) generators of one chain, derived from (seed, chain) only (A.4.2)."""
     batches = torch.Generator().manual_seed(derive_seed(seed, "sgld", chain, "batches"))
@@ -231,13 +254,14 @@ def chain_generators(seed: int, chain: int, device: torch.device) -> tuple[torch
 
 
 # Rule of thumb behind method="auto", from benchmarks/llc_throughput.py on this project's 2-core
-# CPU with the regression transformer (fused attention on the loop path, as pipelines/llc.py
-# runs it) and 8 chains: batched/loop chain-steps per second were 1.51 at m = 16 contexts per
-# chain, 1.18 at m = 32, 0.92 at m = 64, 0.77 at m = 256 and 0.26 at m = 1,024. vmap wins while
-# each chain's minibatch is small (one bigger batched matmul, Python overhead paid once); once a
-# chain's own matmuls fill the core, the loop avoids vmap's extra copies and cache pressure and
-# can use fused kernels that have no vmap rule. The switch sits at m ≈ 48 contexts of 16 × 5
-# token numbers. On CUDA the batched path always wins (one kernel launch per op for all chains).
+# CPU with the regression transformer (the fused attention kernel on the loop path, as
+# pipelines/llc.py runs it) and 8 chains: batched/loop chain-steps per second were 1.32 at m = 16
+# contexts per chain, 1.09 at m = 32, 0.98–1.19 at m = 64, 1.03 at m = 128, 0.76 at m = 256 and
+# 0.23 at m = 1,024. vmap wins while each chain's minibatch is small (one bigger batched matmul,
+# Python overhead paid once); once a chain's own matmuls fill the core, the loop avoids vmap's
+# extra copies and cache pressure and runs the fused attention kernel, which has no vmap rule.
+# The switch sits at m ≈ 48 contexts of 16 × 5 token numbers, where the two are within noise of
+# each other. On CUDA the batched path always wins (one kernel launch per op for all chains).
 _LOOP_MIN_ELEMENTS = 48 * 16 * 5
 
 
@@ -318,6 +342,8 @@ def run_chains(
     data = tuple(x.to(device) for x in dataset)
     C, m, P = settings.num_chains, settings.batch_size, flat.w0.numel()
     method = choose_method(method, device, tuple(x[:m] for x in data), C)
+    if device.type == "cpu":
+        retain_freed_memory()
 
     grad_fn = _compiled(model, loss_fn, method, flat) if compile else _grad_fn(flat, method)
 
