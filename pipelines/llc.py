@@ -66,9 +66,10 @@ def run(path, settings: SGLDSettings, *, seed: int = 0, dataset_size: int, init_
     """Estimate the LLC at every done checkpoint (or at ``steps``) not yet done; returns one
     summary dict per checkpoint computed now.
 
-    ``compile=True`` runs the gradient under ``torch.compile``: 1.2–1.75× the chain-steps per
-    second on a CPU (benchmarks/llc_throughput.py) for about 15 s of compiling per checkpoint,
-    so it pays off for long chains such as the paper preset's; numbers agree within rounding."""
+    ``compile=True`` runs the gradient under ``torch.compile`` (with the explicit attention, which
+    it fuses itself) for about 10–20 s of compiling per checkpoint; it paid off for long chains at
+    small batches, but at m = 1,024 the eager loop with the fused attention kernel is faster
+    (benchmarks/llc_throughput.py --compile); numbers agree within rounding."""
     store = RunStore.open(path)
     if dataset_size < settings.batch_size:
         raise StoreError(f"the SGLD dataset ({dataset_size}) is smaller than the batch ({settings.batch_size})")
