@@ -77,6 +77,8 @@ def test_sizes_it_does_not_serve_and_bad_tensors():
     assert not attention_kernel.available(16, 4, 24)
     with pytest.raises(ValueError, match="float32 CPU"):
         causal_attention(torch.randn(2, 16, 192, dtype=torch.float64), 4)
+    with pytest.raises(ValueError, match="does not serve qkv of shape"):
+        causal_attention(torch.randn(2, 12, 192), 4)
 
 
 def test_without_a_compiler_the_model_falls_back_with_a_warning(tmp_path):
@@ -96,3 +98,4 @@ print([str(x.message) for x in w])
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert "fused attention unavailable" in r.stdout and "no-such-cc" in r.stdout
+    assert not list(tmp_path.rglob("*.so"))  # no half-built or empty files left in the cache

@@ -56,18 +56,20 @@ def _compile(out: Path, T: int, H: int, DH: int) -> None:
     base = [cc, "-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared", "-std=gnu11", f"-DT={T}", f"-DH={H}", f"-DDH={DH}"]
     gomp = _torch_gomp()
     openmp = ["-fopenmp"] + ([f"-L{gomp}", f"-Wl,-rpath,{gomp}"] if gomp else [])
-    tmp = Path(tempfile.mkstemp(dir=out.parent, suffix=".so")[1])
-    errors = []
-    # Prefer glibc's vectorised expf (libmvec); fall back to scalar expf where it is missing.
-    for extra in (["-DUSE_LIBMVEC", "-lmvec", "-lm"], ["-lm"]):
-        cmd = base + openmp + [str(SOURCE), "-o", str(tmp)] + extra
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode == 0:
-            os.replace(tmp, out)  # atomic: concurrent builders (dask workers) never see half a file
-            return
-        errors.append(r.stderr.strip().splitlines()[-1:] or [""])
-    tmp.unlink(missing_ok=True)
-    raise RuntimeError(f"could not compile the attention kernel with {cc!r}: {errors[-1][0]}")
+    fd, name = tempfile.mkstemp(dir=out.parent, suffix=".so")
+    os.close(fd)
+    tmp, error = Path(name), ""
+    try:
+        # Prefer glibc's vectorised expf (libmvec); fall back to scalar expf where it is missing.
+        for extra in (["-DUSE_LIBMVEC", "-lmvec", "-lm"], ["-lm"]):
+            r = subprocess.run(base + openmp + [str(SOURCE), "-o", str(tmp)] + extra, capture_output=True, text=True)
+            if r.returncode == 0:
+                os.replace(tmp, out)  # atomic: concurrent builders (dask workers) never see half a file
+                return
+            error = (r.stderr.strip().splitlines() or [""])[-1]
+        raise RuntimeError(f"could not compile the attention kernel with {cc!r}: {error}")
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @lru_cache(maxsize=None)
@@ -140,4 +142,9 @@ def causal_attention(qkv: torch.Tensor, heads: int) -> torch.Tensor:
     """Fused causal attention; ``qkv`` is float32 on the CPU with q | k | v along the last dim."""
     if qkv.dtype != torch.float32 or qkv.device.type != "cpu":
         raise ValueError(f"the fused attention kernel takes float32 CPU tensors, got {qkv.dtype} on {qkv.device}")
+    T, C3 = qkv.shape[-2:]
+    if qkv.ndim != 3 or C3 % (3 * heads) or not available(T, heads, C3 // (3 * heads)):
+        raise ValueError(f"the fused attention kernel does not serve qkv of shape {tuple(qkv.shape)} with {heads} heads "
+                         "(it needs (batch, T, 3·heads·head_size) with T and head_size powers of two up to 64, "
+                         "and a C compiler); use the model's explicit attention")
     return CausalAttention.apply(qkv, heads)
