@@ -8,12 +8,9 @@ split's concatenation in backward; its flash kernel is slower still. The C kerne
 tensors are never split, transposed or concatenated (benchmarks/llc_throughput.py measures what
 it does for a whole SGLD step: its loop/explicit column).
 
-The kernel is built with the system C compiler (``cc``, or ``$CC``) into a per-user cache
-(``$DEVARRAY_CACHE``, else ``$XDG_CACHE_HOME/devarray``, else ``~/.cache/devarray``), once per
-(T, H, head size), source and machine, and loaded with ctypes. It links no PyTorch headers, so
-building takes about a second; its OpenMP loop runs on the thread pool PyTorch already loaded.
-Where no compiler or OpenMP is found, :func:`available` is False and callers use the explicit
-PyTorch attention (same numbers up to float rounding).
+Built at first use by native.py (about a second; cached per sizes and CPU). Where it cannot be
+built, or for sizes that are not powers of two, :func:`available` is False and callers use the
+explicit PyTorch attention (same numbers up to float rounding).
 
 First derivatives only (no double backward: Hessians use the explicit form), float32 CPU
 tensors only, and not under ``torch.func`` transforms or ``torch.compile`` (the model checks).
@@ -22,91 +19,25 @@ tensors only, and not under ``torch.func`` transforms or ``torch.compile`` (the 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import subprocess
-import tempfile
-import threading
-import warnings
-from functools import lru_cache
-from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("attention_kernel.c")
-_LOCK = threading.Lock()
+from . import native
+
+_SIGNATURES = {
+    "attention_forward": [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_float],
+    "attention_backward": [ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_float],
+}
 
 
-def cache_dir() -> Path:
-    if os.environ.get("DEVARRAY_CACHE"):
-        return Path(os.environ["DEVARRAY_CACHE"]) / "kernels"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "devarray" / "kernels"
-
-
-def _torch_gomp() -> str | None:
-    """Directory of the libgomp PyTorch ships, so the kernel resolves to the same OpenMP runtime."""
-    lib = Path(torch.__file__).parent / "lib"
-    return str(lib) if any(lib.glob("libgomp*.so*")) else None
-
-
-def _compile(out: Path, T: int, H: int, DH: int) -> None:
-    cc = os.environ.get("CC", "cc")
-    base = [cc, "-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared", "-std=gnu11", f"-DT={T}", f"-DH={H}", f"-DDH={DH}"]
-    gomp = _torch_gomp()
-    openmp = ["-fopenmp"] + ([f"-L{gomp}", f"-Wl,-rpath,{gomp}"] if gomp else [])
-    fd, name = tempfile.mkstemp(dir=out.parent, suffix=".so")
-    os.close(fd)
-    tmp, error = Path(name), ""
-    try:
-        # Prefer glibc's vectorised expf (libmvec); fall back to scalar expf where it is missing.
-        for extra in (["-DUSE_LIBMVEC", "-lmvec", "-lm"], ["-lm"]):
-            r = subprocess.run(base + openmp + [str(SOURCE), "-o", str(tmp)] + extra, capture_output=True, text=True)
-            if r.returncode == 0:
-                os.replace(tmp, out)  # atomic: concurrent builders (dask workers) never see half a file
-                return
-            error = (r.stderr.strip().splitlines() or [""])[-1]
-        raise RuntimeError(f"could not compile the attention kernel with {cc!r}: {error}")
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-@lru_cache(maxsize=None)
-def _library(T: int, H: int, DH: int) -> ctypes.CDLL | None:
-    key = hashlib.sha256(SOURCE.read_bytes() + f"{T},{H},{DH},{platform.machine()},{_cpu_id()}".encode()).hexdigest()[:16]
-    path = cache_dir() / f"attention_T{T}_H{H}_D{DH}_{key}.so"
-    with _LOCK:
-        try:
-            if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                _compile(path, T, H, DH)
-            lib = ctypes.CDLL(str(path))
-        except (OSError, RuntimeError) as e:
-            warnings.warn(f"fused attention unavailable, using PyTorch attention ({e})", RuntimeWarning, stacklevel=3)
-            return None
-    for name in ("attention_forward", "attention_backward"):
-        getattr(lib, name).restype = None
-    lib.attention_forward.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_float]
-    lib.attention_backward.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_float]
-    return lib
-
-
-def _cpu_id() -> str:
-    """The CPU model and flags: a kernel built with -march=native must not run on another CPU."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor()
-    lines = [ln for ln in info.splitlines() if ln.startswith(("model name", "flags"))]
-    return "\n".join(sorted(set(lines)))
+def _library(T: int, H: int, DH: int):
+    return native.load("attention_kernel", _SIGNATURES, T=T, H=H, DH=DH)
 
 
 def available(T: int, H: int, DH: int) -> bool:
-    """Whether the kernel serves these sizes (sequence length and head size powers of two) and
-    is built, building it now if needed."""
-    pow2 = lambda n: n > 0 and n & (n - 1) == 0
-    return pow2(T) and pow2(DH) and T <= 64 and DH <= 64 and _library(T, H, DH) is not None
+    """Whether the kernel serves these sizes (sequence length and head size powers of two up to
+    64) and is built, building it now if needed."""
+    return native.power_of_two(T) and native.power_of_two(DH) and _library(T, H, DH) is not None
 
 
 class CausalAttention(torch.autograd.Function):
