@@ -3,10 +3,11 @@
 At the regression transformer's sizes (16 tokens, 4 heads of 16) PyTorch's CPU attention is
 mostly overhead: 16×16 batched matmuls, a softmax over 16 entries, head transposes and the
 split's concatenation in backward; its flash kernel is slower still. The C kernel does one
-(context, head) pair at a time in registers and L1: forward and backward of a layer at batch
-1,024 take about 6 ms against 11 ms (explicit) and 13 ms (flash) on 2 cores, and the attention
-tensors are never split, transposed or concatenated (benchmarks/llc_throughput.py measures what
-it does for a whole SGLD step: its loop/explicit column).
+(context, head) pair at a time in registers and L1, and the attention tensors are never split,
+transposed or concatenated: forward and backward of a layer at batch 1,024 take about half the
+time of the explicit form and 0.4 of the flash kernel's on 2 cores (benchmarks/attention_kernel.py:
+7.4 vs 14.2 and 18.0 ms; benchmarks/llc_throughput.py's loop/explicit column measures what that
+does for a whole SGLD step).
 
 Built at first use by native.py (about a second; cached per sizes and CPU). Where it cannot be
 built, or for sizes that are not powers of two, :func:`available` is False and callers use the
