@@ -234,11 +234,12 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 def retain_freed_memory() -> bool:
     """Ask glibc's malloc to keep freed memory for reuse, once per process (Linux only).
 
-    Every SGLD step allocates the same activations again (tens of MB at m = 1,024). By default
-    glibc serves blocks from 128 KB up with fresh ``mmap`` pages and hands freed heap back to the
-    system, so each step pays a page fault for every 4 KB it touches: about a tenth of the CPU time
-    went to the kernel (benchmarks/llc_throughput.py, 2 cores). Blocks under 32 MB now come from the
-    heap, and freed heap is kept up to 1 GB. Process-wide and harmless for correctness; PyTorch's
+    Every SGLD step allocates the same activations again (tens of MB at m = 1,024) and frees them
+    all at the end of backward. By default glibc serves large blocks with fresh ``mmap`` pages and
+    hands freed heap beyond twice its (dynamic) mmap threshold back to the system, so each step
+    page-faults most of its memory back in: a tenth of the CPU time went to the kernel at m = 1,024
+    on 2 cores (sys 2.3–2.9 s of ~25 s; 0.4 s after). Blocks under 32 MB now come from the heap,
+    and freed heap is kept up to 1 GB. Process-wide and harmless for correctness; PyTorch's
     CPU tuning guide gets the same effect by preloading jemalloc or tcmalloc."""
     if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
         return False
@@ -256,12 +257,14 @@ def chain_generators(seed: int, chain: int, device: torch.device) -> tuple[torch
 # Rule of thumb behind method="auto", from benchmarks/llc_throughput.py on this project's 2-core
 # CPU with the regression transformer (the fused attention kernel on the loop path, as
 # pipelines/llc.py runs it) and 8 chains: batched/loop chain-steps per second were 1.32 at m = 16
-# contexts per chain, 1.09 at m = 32, 0.98–1.19 at m = 64, 1.03 at m = 128, 0.76 at m = 256 and
-# 0.23 at m = 1,024. vmap wins while each chain's minibatch is small (one bigger batched matmul,
-# Python overhead paid once); once a chain's own matmuls fill the core, the loop avoids vmap's
-# extra copies and cache pressure and runs the fused attention kernel, which has no vmap rule.
-# The switch sits at m ≈ 48 contexts of 16 × 5 token numbers, where the two are within noise of
-# each other. On CUDA the batched path always wins (one kernel launch per op for all chains).
+# contexts per chain, 1.09–1.47 at m = 32, 0.96–1.19 at m = 64, 1.03–1.11 at m = 128, 0.74–0.78
+# at m = 256 and 0.19–0.31 at m = 1,024 (runs on one machine differ by up to ±20 %). vmap wins
+# while each chain's minibatch is small (one bigger batched matmul, Python overhead paid once);
+# once a chain's own matmuls fill the core, the loop avoids vmap's extra copies and cache
+# pressure and runs the fused attention kernel, which has no vmap rule. The switch sits at
+# m ≈ 48 contexts of 16 × 5 token numbers; from there to m = 128 the two are within run-to-run
+# noise of each other. On CUDA the batched path always wins (one kernel launch per op for all
+# chains).
 _LOOP_MIN_ELEMENTS = 48 * 16 * 5
 
 
