@@ -11,6 +11,7 @@ from torch import nn
 from devarray.models.regression import RegressionConfig, RegressionTransformer
 from devarray.slt.llc import regression_loss
 from devarray.slt.potentials import Potential, Quadratic, dummy_dataset, potential_loss
+from devarray.slt import sgld
 from devarray.slt.sgld import FlatLoss, _BatchStream, _grad_fn, choose_method, run_chains, sgld_settings
 from devarray.tasks.regression import RegressionTask
 
@@ -100,6 +101,26 @@ def test_batched_and_loop_paths_agree():
     assert (batched.method, loop.method) == ("batched", "loop")
     torch.testing.assert_close(batched.loss, loop.loss, rtol=1e-4, atol=0)
     assert not torch.equal(batched.loss[0], batched.loss[1])  # chains draw their own batches and noise
+
+
+def test_loop_chains_side_by_side_are_bitwise_the_single_threaded_loop():
+    model, data = tiny_setup()
+    model.fused_attention = True  # as the pipeline samples (the kernel, where it builds)
+    s = sgld_settings(batch_size=32, num_chains=3, num_draws=15, epsilon=1e-3, localization=10.0)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert sgld._chain_threads("loop", torch.device("cpu"), False, 3) == 2
+        side_by_side = run_chains(model, regression_loss, data, s, seed=3, method="loop")
+        assert torch.get_num_threads() == 2  # the caller's thread count is restored
+        torch.set_num_threads(1)
+        assert sgld._chain_threads("loop", torch.device("cpu"), False, 3) == 1
+        one_at_a_time = run_chains(model, regression_loss, data, s, seed=3, method="loop")
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(side_by_side.loss, one_at_a_time.loss)
+    assert sgld._chain_threads("batched", torch.device("cpu"), False, 3) == 1
+    assert sgld._chain_threads("loop", torch.device("cpu"), True, 3) == 1  # compiled: one chain at a time
 
 
 def test_rerun_is_bitwise_identical_and_seed_matters():

@@ -23,12 +23,16 @@ bitwise identical, and the draws do not depend on the path or on the number of c
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import ctypes
 import functools
 import math
 import platform
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
@@ -284,6 +288,37 @@ def choose_method(method: str, device: torch.device, batch_example: Sequence[tor
     return "loop" if row_elements >= _LOOP_MIN_ELEMENTS else "batched"
 
 
+def _chain_threads(method: str, device: torch.device, compile: bool, num_chains: int) -> int:
+    """How many chains the loop runs at once: one per thread torch may use, on a CPU.
+
+    One chain per core with single-threaded ops beat one chain at a time on all cores by
+    1.3–1.65× (m = 1,024 … 64 contexts, 2 cores; benchmarks/llc_throughput.py's loop column): no
+    fork-join per op, and each core keeps its own chain's activations in its caches. Every
+    chain's arithmetic is the same single-threaded sequence either way, so the numbers are
+    bitwise those of a sequential single-threaded loop (tested). Compiled gradients run one
+    chain at a time."""
+    if method != "loop" or device.type != "cpu" or compile:
+        return 1
+    return max(1, min(torch.get_num_threads(), num_chains))
+
+
+@contextlib.contextmanager
+def _chain_pool(workers: int):
+    """A pool of ``workers`` threads for the chains, with this thread single-threaded meanwhile
+    (its OpenMP team would otherwise spin between steps on the cores the chains use); None and
+    nothing changed for one worker. The caller's thread count is restored on exit."""
+    if workers <= 1:
+        yield None
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="sgld-chain") as pool:
+            yield pool
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _grad_fn(flat: FlatLoss, method: str, compile: bool = False) -> Callable:
     """(w, *batch) -> (∇ℓ_m(w), ℓ_m(w)); for "batched", w and the batch carry a leading chain dim.
 
@@ -365,25 +400,42 @@ def run_chains(
         from tqdm.auto import tqdm
 
         steps = tqdm(steps, desc=f"SGLD {C} chains ({method})", unit="step")
+    # The loop on a multi-core CPU runs its chains side by side, one single-threaded chain per
+    # core (see _chain_threads); results do not depend on how many run at once.
+    workers = _chain_threads(method, device, compile, C)
+    local = threading.local()
     start = time.perf_counter()
-    for t in steps:
-        idx = torch.stack([s.next() for s in streams]).to(device)
-        batch = tuple(x[idx] for x in data)  # (C, m, ...)
-        for c, (_, g) in enumerate(gens):
-            noise[c].normal_(generator=g)
-        if method == "batched":
-            grad, loss = grad_fn(w, *batch)
-        else:
-            grad, loss = torch.zeros_like(w), torch.full((C,), float("nan"), device=device, dtype=dtype)
-            for c in alive.nonzero().flatten().tolist():
-                grad[c], loss[c] = grad_fn(w[c], *(x[c] for x in batch))
-        # A chain's offending loss is kept; from then on it is frozen and records NaN.
-        losses[:, t] = torch.where(alive, loss.detach().to(torch.float64), float("nan"))
-        bad = alive & ~(loss <= loss_limit)  # also catches NaN
-        diverged_step = torch.where(bad, t, diverged_step)
-        alive = alive & ~bad
-        # Eq. (8) as Δw = −β̃∇ℓ_m − γ̃(w − w*) + √ε ξ; frozen chains keep their last finite w.
-        step = grad.mul(bt).add_(w - w0, alpha=gt).sub_(noise, alpha=sqrt_eps)
-        w = torch.where(alive[:, None], w - step, w)
+    with _chain_pool(workers) as pool:
+
+        def chain_grad(c: int, batch: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+            fn = grad_fn
+            if pool is not None:  # functional_call swaps a module's parameters in place: a model per thread
+                if not hasattr(local, "grad_fn"):
+                    torch.set_num_threads(1)  # OpenMP's thread count is per thread: set it in the pool's
+                    local.grad_fn = _grad_fn(FlatLoss(copy.deepcopy(model), loss_fn), method)
+                fn = local.grad_fn
+            return fn(w[c], *(x[c] for x in batch))
+
+        for t in steps:
+            idx = torch.stack([s.next() for s in streams]).to(device)
+            batch = tuple(x[idx] for x in data)  # (C, m, ...)
+            for c, (_, g) in enumerate(gens):
+                noise[c].normal_(generator=g)
+            if method == "batched":
+                grad, loss = grad_fn(w, *batch)
+            else:
+                grad, loss = torch.zeros_like(w), torch.full((C,), float("nan"), device=device, dtype=dtype)
+                live = alive.nonzero().flatten().tolist()
+                results = pool.map(chain_grad, live, [batch] * len(live)) if pool else (chain_grad(c, batch) for c in live)
+                for c, (g, ell) in zip(live, results):
+                    grad[c], loss[c] = g, ell
+            # A chain's offending loss is kept; from then on it is frozen and records NaN.
+            losses[:, t] = torch.where(alive, loss.detach().to(torch.float64), float("nan"))
+            bad = alive & ~(loss <= loss_limit)  # also catches NaN
+            diverged_step = torch.where(bad, t, diverged_step)
+            alive = alive & ~bad
+            # Eq. (8) as Δw = −β̃∇ℓ_m − γ̃(w − w*) + √ε ξ; frozen chains keep their last finite w.
+            step = grad.mul(bt).add_(w - w0, alpha=gt).sub_(noise, alpha=sqrt_eps)
+            w = torch.where(alive[:, None], w - step, w)
     losses, diverged_step = losses.cpu(), diverged_step.cpu()  # waits for the device
     return ChainSamples(losses, diverged_step, method, P, time.perf_counter() - start)
