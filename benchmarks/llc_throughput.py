@@ -4,8 +4,10 @@ For 8 chains and minibatches of 64, 256 and 1,024 contexts, measures chain-steps
 the per-chain loop, the batched (vmap) path and the path that ``method="auto"`` chooses, and
 the achieved model FLOP rate, 6 × parameters × tokens per second, as a fraction of the dense
 fp32 matmul rate (a 2048² matmul) measured in the same run. The loop runs with the fused
-attention kernel, as pipelines/llc.py runs it; "loop, explicit" is the same loop with PyTorch's
-explicit attention, the baseline for what the kernel buys. Paths are timed in alternating
+attention kernel and its chains side by side (one single-threaded chain per thread), as
+pipelines/llc.py runs it; "explicit" is the same loop with PyTorch's explicit attention, and
+"1-at-a-time" the loop taking one chain at a time on all threads: the baselines for what the
+kernel and the side-by-side chains buy. Paths are timed in alternating
 rounds and each one's best round is kept (the matmul rate too), so a noisy shared machine
 hurts every path alike.
 
@@ -42,11 +44,12 @@ def matmul_rate(device: torch.device, size: int = 2048, repeats: int = 10) -> fl
     return 2 * size**3 / best
 
 
-def throughput(model, data, m, chains, steps, method, compile=False, fused=True) -> tuple[float, torch.Tensor]:
+def throughput(model, data, m, chains, steps, method, compile=False, fused=True, chain_threads=None):
     settings = sgld_settings(batch_size=m, num_chains=chains, num_draws=steps, epsilon=1e-4, localization=100.0)
     model.fused_attention = fused
     try:
-        r = run_chains(model, regression_loss, data, settings, seed=0, method=method, compile=compile)
+        r = run_chains(model, regression_loss, data, settings, seed=0, method=method, compile=compile,
+                       chain_threads=chain_threads)
     finally:
         model.fused_attention = True
     return chains * steps / r.seconds, r.loss
@@ -79,7 +82,8 @@ def main() -> None:
     for m in args.batch_sizes:
         steps = max(3, 4096 // m)
         chosen = choose_method("auto", device, tuple(x[:m] for x in data), args.chains)
-        variants = {"loop": ("loop", False, True), "explicit": ("loop", False, False), "batched": ("batched", False, True)}
+        variants = {"loop": ("loop", False, True), "explicit": ("loop", False, False),
+                    "one_at_a_time": ("loop", False, True, 1), "batched": ("batched", False, True)}
         row = {"m": m, "chosen": chosen}
         if args.compile:
             variants["compiled"] = (chosen, True, True)
@@ -100,16 +104,17 @@ def main() -> None:
 
     flop = lambda r, key: 6 * P * r["m"] * tokens_per_row * r[key] / peak
     head = (f"{'m':>5} {'chosen':>8} {'loop':>9} {'explicit':>9} {'batched':>9} {'auto':>9} {'auto/loop':>9} "
-            f"{'loop/explicit':>13} {'batch/loop':>10} {'auto FLOP/matmul':>16}")
+            f"{'loop/explicit':>13} {'loop/1-at-a-time':>16} {'batch/loop':>10} {'auto FLOP/matmul':>16}")
     if args.compile:
         head += f" {'compiled':>9} {'comp/auto':>9} {'comp FLOP/matmul':>16} {'compile s':>9} {'max rel Δloss':>13}"
     print(f"dense fp32 matmul (2048²): {peak / 1e9:.1f} GFLOP/s (best in the run)\n")
     print("chain-steps per second (best of rounds); loop = per-chain loop with the fused attention kernel, "
-          "explicit = the same loop with PyTorch attention")
+          "chains side by side; explicit = with PyTorch attention; 1-at-a-time = one chain at a time")
     print(head)
     for r in rows:
         line = (f"{r['m']:>5} {r['chosen']:>8} {r['loop']:>9.1f} {r['explicit']:>9.1f} {r['batched']:>9.1f} {r['auto']:>9.1f} "
-                f"{r['auto'] / r['loop']:>9.2f} {r['loop'] / r['explicit']:>13.2f} {r['batched'] / r['loop']:>10.2f} "
+                f"{r['auto'] / r['loop']:>9.2f} {r['loop'] / r['explicit']:>13.2f} {r['loop'] / r['one_at_a_time']:>16.2f} "
+                f"{r['batched'] / r['loop']:>10.2f} "
                 f"{flop(r, 'auto'):>16.1%}")
         if args.compile:
             line += (f" {r['compiled']:>9.1f} {r['compiled'] / r['auto']:>9.2f} {flop(r, 'compiled'):>16.1%}"

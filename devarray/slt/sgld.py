@@ -259,16 +259,14 @@ def chain_generators(seed: int, chain: int, device: torch.device) -> tuple[torch
 
 
 # Rule of thumb behind method="auto", from benchmarks/llc_throughput.py on this project's 2-core
-# CPU with the regression transformer (the fused attention kernel on the loop path, as
-# pipelines/llc.py runs it) and 8 chains: batched/loop chain-steps per second were 1.32 at m = 16
-# contexts per chain, 1.09–1.47 at m = 32, 0.96–1.19 at m = 64, 1.03–1.11 at m = 128, 0.74–0.78
-# at m = 256 and 0.19–0.31 at m = 1,024 (runs on one machine differ by up to ±20 %). vmap wins
-# while each chain's minibatch is small (one bigger batched matmul, Python overhead paid once);
-# once a chain's own matmuls fill the core, the loop avoids vmap's extra copies and cache
-# pressure and runs the fused attention kernel, which has no vmap rule. The switch sits at
-# m ≈ 48 contexts of 16 × 5 token numbers; from there to m = 128 the two are within run-to-run
-# noise of each other. On CUDA the batched path always wins (one kernel launch per op for all
-# chains).
+# CPU with the regression transformer (the loop with the fused attention kernel and its chains
+# side by side, as pipelines/llc.py runs it) and 8 chains: batched/loop chain-steps per second
+# were 1.27 at m = 16 contexts per chain, 1.16 at m = 32, 0.90 at m = 64, 0.71 at m = 256 and
+# 0.25 at m = 1,024 (runs on one machine differ by up to ±20 %). vmap wins while each chain's
+# minibatch is small (one bigger batched matmul, Python overhead paid once); once a chain's own
+# matmuls fill a core, the loop avoids vmap's extra copies and cache pressure and runs the fused
+# attention kernel, which has no vmap rule. The switch sits at m ≈ 48 contexts of 16 × 5 token
+# numbers. On CUDA the batched path always wins (one kernel launch per op for all chains).
 _LOOP_MIN_ELEMENTS = 48 * 16 * 5
 
 
@@ -363,6 +361,7 @@ def run_chains(
     compile: bool = False,
     progress: bool = False,
     loss_limit: float = math.inf,
+    chain_threads: int | None = None,
 ) -> ChainSamples:
     """Run ``settings.num_chains`` SGLD chains from the model's current parameters w*.
 
@@ -373,6 +372,8 @@ def run_chains(
     ``compile=True`` wraps the gradient function in ``torch.compile``, once per model object
     and path (tens of seconds on a CPU; worth it for thousands of chain-steps at m ≥ 256, see
     benchmarks/llc_throughput.py; results agree with eager within float rounding).
+    ``chain_threads`` chains of the loop run at once (default: one per torch thread on a CPU,
+    see :func:`_chain_threads`; 1 runs them one at a time, each on all threads).
     """
     n = check_dataset(dataset, settings.batch_size)
     flat = FlatLoss(model, loss_fn)
@@ -402,7 +403,9 @@ def run_chains(
         steps = tqdm(steps, desc=f"SGLD {C} chains ({method})", unit="step")
     # The loop on a multi-core CPU runs its chains side by side, one single-threaded chain per
     # core (see _chain_threads); results do not depend on how many run at once.
-    workers = _chain_threads(method, device, compile, C)
+    workers = _chain_threads(method, device, compile, C) if chain_threads is None else min(chain_threads, C)
+    if method != "loop" and workers > 1:
+        raise ValueError("chain_threads applies to the per-chain loop only; use method='loop'")
     local = threading.local()
     start = time.perf_counter()
     with _chain_pool(workers) as pool:
