@@ -289,9 +289,9 @@ def choose_method(method: str, device: torch.device, batch_example: Sequence[tor
 def _chain_threads(method: str, device: torch.device, compile: bool, num_chains: int) -> int:
     """How many chains the loop runs at once: one per thread torch may use, on a CPU.
 
-    One chain per core with single-threaded ops beat one chain at a time on all cores by
-    1.3–1.65× (m = 1,024 … 64 contexts, 2 cores; benchmarks/llc_throughput.py's loop column): no
-    fork-join per op, and each core keeps its own chain's activations in its caches. Every
+    One chain per core with single-threaded ops beat one chain at a time on all cores by 1.3× at
+    m = 64 and 256 contexts and by 0.98–1.1× at 1,024 (2 cores; benchmarks/llc_throughput.py's
+    loop/1-at-a-time column): no fork-join per op, and each core keeps its chain's data. Every
     chain's arithmetic is the same single-threaded sequence either way, so the numbers are
     bitwise those of a sequential single-threaded loop (tested). Compiled gradients run one
     chain at a time."""
