@@ -121,6 +121,10 @@ def test_loop_chains_side_by_side_are_bitwise_the_single_threaded_loop():
     assert torch.equal(side_by_side.loss, one_at_a_time.loss)
     assert sgld._chain_threads("batched", torch.device("cpu"), False, 3) == 1
     assert sgld._chain_threads("loop", torch.device("cpu"), True, 3) == 1  # compiled: one chain at a time
+    for kwargs, match in [(dict(chain_threads=0), "integer >= 1"), (dict(chain_threads=2, method="batched"), "loop only"),
+                          (dict(chain_threads=2, method="loop", compile=True), "without compile")]:
+        with pytest.raises(ValueError, match=match):
+            run_chains(model, regression_loss, data, s, **kwargs)
 
 
 def test_rerun_is_bitwise_identical_and_seed_matters():

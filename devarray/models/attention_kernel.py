@@ -20,6 +20,7 @@ tensors only, and not under ``torch.func`` transforms or ``torch.compile`` (the 
 from __future__ import annotations
 
 import ctypes
+import functools
 
 import torch
 
@@ -31,6 +32,7 @@ _SIGNATURES = {
 }
 
 
+@functools.cache  # the model asks on every forward call: build, load and type the library once
 def _library(T: int, H: int, DH: int):
     return native.load("attention_kernel", _SIGNATURES, T=T, H=H, DH=DH)
 

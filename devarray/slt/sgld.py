@@ -12,7 +12,8 @@ the gradient, so the estimator can recycle it (A.2).
 
 Chains advance together. All chains' parameters live in one (C, P) tensor of flattened
 parameters; the gradient of every chain comes either from one ``torch.func.vmap`` call over
-the chain dimension ("batched") or from a Python loop over chains ("loop"). Everything else —
+the chain dimension ("batched") or from a loop over chains ("loop"; on a multi-core CPU the
+chains of a step run side by side, one single-threaded chain per thread). Everything else —
 minibatch indices, noise, the update itself — is shared code, so the two paths differ only in
 the rounding of the gradient.
 
@@ -403,9 +404,14 @@ def run_chains(
         steps = tqdm(steps, desc=f"SGLD {C} chains ({method})", unit="step")
     # The loop on a multi-core CPU runs its chains side by side, one single-threaded chain per
     # core (see _chain_threads); results do not depend on how many run at once.
-    workers = _chain_threads(method, device, compile, C) if chain_threads is None else min(chain_threads, C)
-    if method != "loop" and workers > 1:
-        raise ValueError("chain_threads applies to the per-chain loop only; use method='loop'")
+    if chain_threads is None:
+        workers = _chain_threads(method, device, compile, C)
+    elif int(chain_threads) != chain_threads or chain_threads < 1:
+        raise ValueError(f"chain_threads must be an integer >= 1, got {chain_threads}")
+    elif chain_threads > 1 and (method != "loop" or compile):
+        raise ValueError("chain_threads > 1 serves the eager per-chain loop only; use method='loop' without compile")
+    else:
+        workers = min(int(chain_threads), C)
     local = threading.local()
     start = time.perf_counter()
     with _chain_pool(workers) as pool:
