@@ -277,3 +277,37 @@ print(default, faults())
     every_step = 5 * 20 * 1024  # 4 KB pages of 5 steps of 20 x 4 MB
     assert default > every_step * 0.9  # glibc returns the freed 80 MB and faults it back in, step after step
     assert retained < every_step / 20  # at most a block or two grown once, not the steps' memory again
+
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc settings")
+def test_freed_memory_is_reused_in_other_threads():
+    # Side-by-side chains and dask workers allocate from their own glibc arenas, made of 64 MB
+    # heaps that glibc unmaps as soon as one empties, unless the top pad covers a whole heap.
+    code = """
+import ctypes, resource, sys, threading, torch
+from devarray.slt.sgld import retain_freed_memory
+assert retain_freed_memory()
+if sys.argv[1] == "unpadded":
+    ctypes.CDLL(None).mallopt(-2, 128 << 10)  # glibc's default top pad
+def step():  # 60 x 4 MB alive at once: four heaps
+    saved = [torch.ones(1 << 20) for _ in range(60)]
+def faults():
+    for _ in range(3):
+        step()
+    before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+    for _ in range(10):
+        step()
+    print(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)
+t = threading.Thread(target=faults)
+t.start()
+t.join()
+"""
+    faults = {}
+    for pad in ("unpadded", "padded"):
+        r = subprocess.run([sys.executable, "-c", code, pad], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        faults[pad] = int(r.stdout)
+    one_step = 60 * 1024  # 4 KB pages
+    assert faults["unpadded"] > one_step / 4  # an emptied heap is unmapped and faulted back in, step after step
+    assert faults["padded"] < one_step / 20, faults
