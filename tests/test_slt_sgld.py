@@ -279,7 +279,6 @@ print(default, faults())
     assert retained < every_step / 20  # at most a block or two grown once, not the steps' memory again
 
 
-
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc settings")
 def test_freed_memory_is_reused_in_other_threads():
     # Side-by-side chains and dask workers allocate from their own glibc arenas, made of 64 MB
