@@ -295,9 +295,9 @@ def choose_method(method: str, device: torch.device, batch_example: Sequence[tor
 def _chain_threads(method: str, device: torch.device, compile: bool, num_chains: int) -> int:
     """How many chains the loop runs at once: one per thread torch may use, on a CPU.
 
-    One chain per core with single-threaded ops beat one chain at a time on all cores by 1.3× at
-    m = 64 and 256 contexts and by 0.98–1.1× at 1,024 (2 cores; benchmarks/llc_throughput.py's
-    loop/1-at-a-time column): no fork-join per op, and each core keeps its chain's data. Every
+    One chain per core with single-threaded ops ran at 0.96–1.30× one chain at a time on all
+    cores at m = 64, 256 and 1,024 contexts, 1.1–1.2× in most runs (2 cores;
+    benchmarks/llc_throughput.py's loop/1-at-a-time column): no fork-join per op, and each core keeps its chain's data. Every
     chain's arithmetic is the same single-threaded sequence either way, so the numbers are
     bitwise those of a sequential single-threaded loop (tested). Compiled gradients run one
     chain at a time."""
