@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from devarray.models.regression import RegressionTransformer
-from devarray.slt import estimate_llc, regression_loss
+from devarray.slt import estimate_llc
+from devarray.tasks.regression import mse_loss
 from devarray.slt.llc import init_loss
 from devarray.tasks.regression import RegressionTask
 
@@ -42,7 +43,7 @@ def train(steps: int) -> RegressionTransformer:
     for step in range(steps):
         b = task.batch_for_step(step, 256)
         opt.zero_grad()
-        regression_loss(model, b.tokens, b.y).backward()
+        mse_loss(model, b.x, b.y).backward()
         opt.step()
     return model
 
@@ -52,7 +53,7 @@ def devinterp_llc(model, data, *, epsilon, nbeta, localization, batch_size, num_
     from devinterp.optim import SGMCMC
 
     dataset = torch.utils.data.TensorDataset(*data)
-    init = init_loss(model, regression_loss, data)
+    init = init_loss(model, mse_loss, data)
     per_chain = []
     for chain in range(num_chains):
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
@@ -70,7 +71,7 @@ def devinterp_llc(model, data, *, epsilon, nbeta, localization, batch_size, num_
                 feed = iter(loader)
                 continue
             opt.zero_grad(set_to_none=True)
-            loss = regression_loss(m, tokens, y)
+            loss = mse_loss(m, tokens, y)
             loss.backward()
             losses.append(float(loss.detach()))
             opt.step(noise_generator=noise)
@@ -106,7 +107,7 @@ def main() -> None:
 
     model = train(args.train_steps)
     batch = RegressionTask(seed=0).dataset(2**14, "sgld")
-    data = (batch.tokens, batch.y)
+    data = (batch.x, batch.y)
     m = args.batch_size
     nbeta = m / math.log(m)
     gamma = 2 * args.gamma_tilde / args.epsilon
@@ -119,7 +120,7 @@ def main() -> None:
         return out, (time.perf_counter() - t) / (args.chains * draws)
 
     def ours_fn(model, data, **k):
-        return estimate_llc(model, regression_loss, data, warn=False, **k)
+        return estimate_llc(model, mse_loss, data, warn=False, **k)
 
     ours_fn(model, data, **kw | dict(num_draws=2))  # first-call set-up
     ours, t_ours = timed(ours_fn, args.draws)

@@ -28,7 +28,7 @@ import time
 import torch
 
 from devarray.models.regression import RegressionTransformer, count_parameters
-from devarray.slt.llc import regression_loss
+from devarray.tasks.regression import mse_loss
 from devarray.slt.sgld import choose_method, run_chains, sgld_settings
 from devarray.tasks.regression import RegressionTask
 
@@ -51,7 +51,7 @@ def throughput(model, data, m, chains, steps, method, compile=False, fused=True,
     settings = sgld_settings(batch_size=m, num_chains=chains, num_draws=steps, epsilon=1e-4, localization=100.0)
     model.fused_attention = fused
     try:
-        r = run_chains(model, regression_loss, data, settings, seed=0, method=method, compile=compile,
+        r = run_chains(model, mse_loss, data, settings, seed=0, method=method, compile=compile,
                        chain_threads=chain_threads)
     finally:
         model.fused_attention = True
@@ -76,8 +76,8 @@ def main() -> None:
     model.fused_attention = True  # as pipelines/llc.py runs it
     P = count_parameters(model)
     batch = RegressionTask().dataset(16 * max(args.batch_sizes), "bench")
-    data = (batch.tokens.to(device), batch.y.to(device))
-    tokens_per_row = data[0].shape[1]
+    data = (batch.x.to(device), batch.y.to(device))
+    tokens_per_row = 2 * data[0].shape[1]  # x (n, K, D) -> 2K tokens
     peak = matmul_rate(device)  # best over the whole run: re-measured in every round
     print(f"device {device}, {torch.get_num_threads()} threads, model {P:,} parameters, {args.chains} chains")
 

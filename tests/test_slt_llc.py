@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from devarray.models.regression import RegressionConfig, RegressionTransformer
-from devarray.slt import LLCDiagnosticWarning, estimate_llc, regression_loss, sgld_settings
+from devarray.slt import LLCDiagnosticWarning, estimate_llc, sgld_settings
+from devarray.tasks.regression import mse_loss
 from devarray.slt.llc import init_loss, llc_per_chain, llc_trace
 from devarray.slt.potentials import Quadratic, dummy_dataset, potential_loss
 from devarray.tasks.regression import RegressionTask, generator
@@ -29,13 +30,13 @@ def test_trace_follows_the_recursion_and_ends_at_eq3():
     np.testing.assert_allclose(llc_per_chain(loss, init, nbeta), nbeta * (loss.mean(1) - init))
 
 
-def test_regression_loss_is_the_mse_of_the_predictions():
+def test_mse_loss_is_the_mse_of_the_predictions():
     torch.manual_seed(0)
     model = RegressionTransformer(TINY)
     b = RegressionTask(D=2, K=4).dataset(16, "t")
     with torch.no_grad():
         expected = float(((model.predict(b.tokens) - b.y) ** 2).sum()) / (16 * 4)
-        assert float(regression_loss(model, b.tokens, b.y)) == pytest.approx(expected, rel=1e-6)
+        assert float(mse_loss(model, b.x, b.y)) == pytest.approx(expected, rel=1e-6)
 
 
 def test_init_loss_in_chunks_is_the_full_mean():
@@ -43,12 +44,12 @@ def test_init_loss_in_chunks_is_the_full_mean():
     model = RegressionTransformer(TINY)
     b = RegressionTask(D=2, K=4).dataset(100, "t")
     with torch.no_grad():
-        full = float(regression_loss(model, b.tokens, b.y))
-        first = float(regression_loss(model, b.tokens[:30], b.y[:30]))
-    assert init_loss(model, regression_loss, (b.tokens, b.y), chunk=7) == pytest.approx(full, rel=1e-6)
-    assert init_loss(model, regression_loss, (b.tokens, b.y), rows=30, chunk=8) == pytest.approx(first, rel=1e-6)
+        full = float(mse_loss(model, b.x, b.y))
+        first = float(mse_loss(model, b.x[:30], b.y[:30]))
+    assert init_loss(model, mse_loss, (b.x, b.y), chunk=7) == pytest.approx(full, rel=1e-6)
+    assert init_loss(model, mse_loss, (b.x, b.y), rows=30, chunk=8) == pytest.approx(first, rel=1e-6)
     with pytest.raises(ValueError, match="init_loss_rows"):
-        init_loss(model, regression_loss, (b.tokens, b.y), rows=101)
+        init_loss(model, mse_loss, (b.x, b.y), rows=101)
 
 
 def quadratic_llc(**kw):
@@ -117,10 +118,10 @@ def trained_tiny(steps=1000):
     for step in range(steps):
         b = task.sample(64, generator(0, "train", step))
         opt.zero_grad()
-        regression_loss(model, b.tokens, b.y).backward()
+        mse_loss(model, b.x, b.y).backward()
         opt.step()
     b = task.dataset(4096, "sgld")
-    return model, (b.tokens, b.y)
+    return model, (b.x, b.y)
 
 
 SETTINGS = dict(batch_size=64, num_chains=4, num_draws=150, num_burnin_steps=50, epsilon=1e-3, localization=100.0)
@@ -129,8 +130,8 @@ SETTINGS = dict(batch_size=64, num_chains=4, num_draws=150, num_burnin_steps=50,
 def test_transformer_rerun_gives_identical_traces():
     model, data = trained_tiny(steps=20)
     kw = SETTINGS | dict(num_chains=2, num_draws=10, num_burnin_steps=0)
-    a = estimate_llc(model, regression_loss, data, seed=4, warn=False, **kw)
-    b = estimate_llc(model, regression_loss, data, seed=4, warn=False, **kw)
+    a = estimate_llc(model, mse_loss, data, seed=4, warn=False, **kw)
+    b = estimate_llc(model, mse_loss, data, seed=4, warn=False, **kw)
     np.testing.assert_array_equal(a["llc_trace"].values, b["llc_trace"].values)
     assert a.attrs == b.attrs
 
@@ -139,8 +140,8 @@ def test_transformer_llc_is_finite_positive_and_stable_across_seeds():
     model, data = trained_tiny()
     with warnings.catch_warnings():
         warnings.simplefilter("error", LLCDiagnosticWarning)  # healthy chains: no warning
-        a = estimate_llc(model, regression_loss, data, seed=0, **SETTINGS)
-        b = estimate_llc(model, regression_loss, data, seed=1, **SETTINGS)
+        a = estimate_llc(model, mse_loss, data, seed=0, **SETTINGS)
+        b = estimate_llc(model, mse_loss, data, seed=1, **SETTINGS)
     la, lb = float(a["llc_mean"]), float(b["llc_mean"])
     assert math.isfinite(la) and la > 0 and lb > 0
     assert abs(la - lb) / ((la + lb) / 2) < 0.15  # two independent sets of 4 chains agree within 15 %

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from devarray.models.regression import RegressionTransformer
-from devarray.slt import estimate_llc, regression_loss
+from devarray.slt import estimate_llc
+from devarray.tasks.regression import mse_loss
 from devarray.slt.presets import PRESETS
 from devarray.tasks.regression import RegressionTask
 
@@ -40,11 +41,11 @@ def test_quick_preset_gives_stable_positive_llcs_on_a_trained_model():
     for step in range(400):
         b = task.batch_for_step(step, 256)
         opt.zero_grad()
-        regression_loss(model, b.tokens, b.y).backward()
+        mse_loss(model, b.x, b.y).backward()
         opt.step()
     preset = PRESETS["quick"]
     b = task.dataset(preset.dataset_size, "sgld")
-    runs = [estimate_llc(model, regression_loss, (b.tokens, b.y), preset.settings(), seed=s) for s in (0, 1)]
+    runs = [estimate_llc(model, mse_loss, (b.x, b.y), preset.settings(), seed=s) for s in (0, 1)]
     a, c = (float(r["llc_mean"]) for r in runs)
     assert math.isfinite(a) and a > 0 and c > 0
     assert abs(a - c) / ((a + c) / 2) < 0.15

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from devarray.models.regression import RegressionConfig, RegressionTransformer
-from devarray.slt.llc import regression_loss
+from devarray.tasks.regression import mse_loss
 from devarray.slt.potentials import Potential, Quadratic, dummy_dataset, potential_loss
 from devarray.slt import sgld
 from devarray.slt.sgld import FlatLoss, _BatchStream, _grad_fn, choose_method, run_chains, sgld_settings
@@ -22,7 +22,7 @@ def tiny_setup(n=256, seed=0):
     torch.manual_seed(seed)
     model = RegressionTransformer(TINY)
     b = RegressionTask(D=TINY.D, K=TINY.K).dataset(n, "sgld")
-    return model, (b.tokens, b.y)
+    return model, (b.x, b.y)
 
 
 # --- settings -------------------------------------------------------------------------------
@@ -72,14 +72,14 @@ def test_consistent_duplicates_are_accepted():
 
 
 def test_bad_datasets_are_refused():
-    model, (tokens, y) = tiny_setup(n=32)
+    model, (x, y) = tiny_setup(n=32)
     s = sgld_settings(batch_size=64, epsilon=1e-4, localization=1.0, num_draws=1)
     with pytest.raises(ValueError, match="exceeds"):
-        run_chains(model, regression_loss, (tokens, y), s)
+        run_chains(model, mse_loss, (x, y), s)
     with pytest.raises(ValueError, match="share their first dimension"):
-        run_chains(model, regression_loss, (tokens, y[:16]), sgld_settings(batch_size=8, epsilon=1e-4, localization=1.0))
+        run_chains(model, mse_loss, (x, y[:16]), sgld_settings(batch_size=8, epsilon=1e-4, localization=1.0))
     with pytest.raises(ValueError, match="method"):
-        run_chains(model, regression_loss, (tokens, y), sgld_settings(batch_size=8, epsilon=1e-4, localization=1.0),
+        run_chains(model, mse_loss, (x, y), sgld_settings(batch_size=8, epsilon=1e-4, localization=1.0),
                    method="vmap")
 
 
@@ -96,8 +96,8 @@ def test_batches_are_epochs_without_repeats():
 def test_batched_and_loop_paths_agree():
     model, data = tiny_setup()
     s = sgld_settings(batch_size=32, num_chains=3, num_draws=20, epsilon=1e-3, localization=10.0)
-    batched = run_chains(model, regression_loss, data, s, seed=1, method="batched")
-    loop = run_chains(model, regression_loss, data, s, seed=1, method="loop")
+    batched = run_chains(model, mse_loss, data, s, seed=1, method="batched")
+    loop = run_chains(model, mse_loss, data, s, seed=1, method="loop")
     assert (batched.method, loop.method) == ("batched", "loop")
     torch.testing.assert_close(batched.loss, loop.loss, rtol=1e-4, atol=0)
     assert not torch.equal(batched.loss[0], batched.loss[1])  # chains draw their own batches and noise
@@ -105,17 +105,17 @@ def test_batched_and_loop_paths_agree():
 
 def test_loop_chains_side_by_side_are_bitwise_the_single_threaded_loop():
     model, data = tiny_setup()
-    model.fused_attention = True  # as the pipeline samples (the kernel, where it builds)
+    model.fused_attention = True  # as the pipeline samples (SDPA on the loop)
     s = sgld_settings(batch_size=32, num_chains=3, num_draws=15, epsilon=1e-3, localization=10.0)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
         assert sgld._chain_threads("loop", torch.device("cpu"), False, 3) == 2
-        side_by_side = run_chains(model, regression_loss, data, s, seed=3, method="loop")
+        side_by_side = run_chains(model, mse_loss, data, s, seed=3, method="loop")
         assert torch.get_num_threads() == 2  # the caller's thread count is restored
         torch.set_num_threads(1)
         assert sgld._chain_threads("loop", torch.device("cpu"), False, 3) == 1
-        one_at_a_time = run_chains(model, regression_loss, data, s, seed=3, method="loop")
+        one_at_a_time = run_chains(model, mse_loss, data, s, seed=3, method="loop")
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(side_by_side.loss, one_at_a_time.loss)
@@ -124,24 +124,24 @@ def test_loop_chains_side_by_side_are_bitwise_the_single_threaded_loop():
     for kwargs, match in [(dict(chain_threads=0), "integer >= 1"), (dict(chain_threads=2, method="batched"), "loop only"),
                           (dict(chain_threads=2, method="loop", compile=True), "without compile")]:
         with pytest.raises(ValueError, match=match):
-            run_chains(model, regression_loss, data, s, **kwargs)
+            run_chains(model, mse_loss, data, s, **kwargs)
 
 
 def test_rerun_is_bitwise_identical_and_seed_matters():
     model, data = tiny_setup()
     s = sgld_settings(batch_size=32, num_chains=2, num_draws=10, epsilon=1e-3, localization=10.0)
-    a = run_chains(model, regression_loss, data, s, seed=5)
-    b = run_chains(model, regression_loss, data, s, seed=5)
-    c = run_chains(model, regression_loss, data, s, seed=6)
+    a = run_chains(model, mse_loss, data, s, seed=5)
+    b = run_chains(model, mse_loss, data, s, seed=5)
+    c = run_chains(model, mse_loss, data, s, seed=6)
     assert torch.equal(a.loss, b.loss)
     assert not torch.equal(a.loss, c.loss)
 
 
 def test_chain_streams_do_not_depend_on_the_number_of_chains():
     model, data = tiny_setup()
-    two = run_chains(model, regression_loss, data,
+    two = run_chains(model, mse_loss, data,
                      sgld_settings(batch_size=32, num_chains=2, num_draws=8, epsilon=1e-3, localization=10.0), method="loop")
-    four = run_chains(model, regression_loss, data,
+    four = run_chains(model, mse_loss, data,
                       sgld_settings(batch_size=32, num_chains=4, num_draws=8, epsilon=1e-3, localization=10.0), method="loop")
     assert torch.equal(two.loss, four.loss[:2])
 
@@ -233,11 +233,11 @@ def test_frozen_parameters_are_not_sampled():
 
 def test_eager_loop_gradient_is_torch_func_grad():
     # the loop path's plain-autograd gradient is torch.func's (which the compiled path uses)
-    model, (tokens, y) = tiny_setup(n=64)
-    flat = FlatLoss(model, regression_loss)
+    model, (x, y) = tiny_setup(n=64)
+    flat = FlatLoss(model, mse_loss)
     w = flat.w0 + 0.01 * torch.randn(flat.w0.shape, generator=torch.Generator().manual_seed(0))
-    g_loop, l_loop = _grad_fn(flat, "loop")(w, tokens, y)
-    g_func, l_func = _grad_fn(flat, "loop", compile=True)(w, tokens, y)
+    g_loop, l_loop = _grad_fn(flat, "loop")(w, x, y)
+    g_func, l_func = _grad_fn(flat, "loop", compile=True)(w, x, y)
     torch.testing.assert_close(l_loop, l_func, rtol=0, atol=0)
     torch.testing.assert_close(g_loop, g_func, rtol=1e-6, atol=1e-7)
 
@@ -247,66 +247,6 @@ def test_compiled_update_matches_eager_within_rounding():
     # vmap ∘ grad under torch.compile, the more fragile of the two paths (the benchmark checks both)
     model, data = tiny_setup()
     s = sgld_settings(batch_size=32, num_chains=2, num_draws=10, epsilon=1e-3, localization=10.0)
-    eager = run_chains(model, regression_loss, data, s, method="batched")
-    compiled = run_chains(model, regression_loss, data, s, method="batched", compile=True)
+    eager = run_chains(model, mse_loss, data, s, method="batched")
+    compiled = run_chains(model, mse_loss, data, s, method="batched", compile=True)
     torch.testing.assert_close(compiled.loss, eager.loss, rtol=1e-4, atol=0)
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc settings")
-def test_freed_memory_is_reused_without_page_faults():
-    code = """
-import ctypes, resource, torch
-from devarray.slt.sgld import retain_freed_memory
-libc = ctypes.CDLL(None)
-libc.mallopt(-3, 128 << 10); libc.mallopt(-1, 128 << 10)  # glibc's documented starting thresholds, held fixed
-def step():  # as in a forward and backward: many activations alive at once, all freed at the end
-    saved = [torch.ones(1 << 20) for _ in range(20)]  # 20 x 4 MB
-def faults():
-    step()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
-        step()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-default = faults()
-assert retain_freed_memory()
-print(default, faults())
-"""
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    default, retained = map(int, r.stdout.split())
-    every_step = 5 * 20 * 1024  # 4 KB pages of 5 steps of 20 x 4 MB
-    assert default > every_step * 0.9  # glibc returns the freed 80 MB and faults it back in, step after step
-    assert retained < every_step / 20  # at most a block or two grown once, not the steps' memory again
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc settings")
-def test_freed_memory_is_reused_in_other_threads():
-    # Side-by-side chains and dask workers allocate from their own glibc arenas, made of 64 MB
-    # heaps that glibc unmaps as soon as one empties, unless the top pad covers a whole heap.
-    code = """
-import ctypes, resource, sys, threading, torch
-from devarray.slt.sgld import retain_freed_memory
-assert retain_freed_memory()
-if sys.argv[1] == "unpadded":
-    ctypes.CDLL(None).mallopt(-2, 128 << 10)  # glibc's default top pad
-def step():  # 60 x 4 MB alive at once: four heaps
-    saved = [torch.ones(1 << 20) for _ in range(60)]
-def faults():
-    for _ in range(3):
-        step()
-    before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
-    for _ in range(10):
-        step()
-    print(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)
-t = threading.Thread(target=faults)
-t.start()
-t.join()
-"""
-    faults = {}
-    for pad in ("unpadded", "padded"):
-        r = subprocess.run([sys.executable, "-c", code, pad], capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-        faults[pad] = int(r.stdout)
-    one_step = 60 * 1024  # 4 KB pages
-    assert faults["unpadded"] > one_step / 4  # an emptied heap is unmapped and faulted back in, step after step
-    assert faults["padded"] < one_step / 20, faults

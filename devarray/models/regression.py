@@ -6,11 +6,12 @@ biases) and a ReLU MLP (with biases), a final layer norm and a linear unembeddin
 With the paper's defaults (D=4, K=8, L=2, H=4, d_embed=d_mlp=64) it has 51,717 parameters
 (figure F.2).
 
-Attention is written out (``q @ k.T``, mask, softmax) rather than calling
-``scaled_dot_product_attention``: on the CPU that kernel has no ``vmap`` batching rule, and
-the SGLD sampler advances all chains with ``torch.func.vmap`` over stacked parameters. For
-first-derivative work on the CPU, ``fused_attention`` swaps in a fused kernel
-(attention_kernel.py), about twice as fast as either PyTorch attention at these sizes.
+Attention has two forms with the same numbers up to float rounding (tested): the explicit one
+(``q @ k.T``, mask, softmax), which returns the attention pattern and runs under ``vmap`` (the
+batched SGLD path) and double backward (Hessians), and PyTorch's fused
+``scaled_dot_product_attention``, used for first-derivative work when ``fused_attention`` is on
+and no pattern is asked for. :func:`attention_implementation` names what ran, so the LLC group
+can record it.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ import torch
 from torch import nn
 from torch._C._functorch import is_functorch_wrapped_tensor
 from torch.nn import functional as F
-
-from . import attention_kernel
 
 
 @dataclass(frozen=True)
@@ -64,23 +63,30 @@ class CausalSelfAttention(nn.Module):
     def forward(self, h: torch.Tensor, need_weights: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, C = h.shape
         qkv = self.qkv(h)
-        if self.fused and not need_weights and self._kernel_applies(qkv):
-            return self.out(attention_kernel.causal_attention(qkv, self.H)), None
         # (B, T, C) -> (B, H, T, C/H)
         q, k, v = (a.view(B, T, self.H, C // self.H).transpose(1, 2) for a in qkv.split(C, dim=-1))
+        if self.fused and not need_weights and sdpa_applies(qkv):
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.out(y.transpose(1, 2).reshape(B, T, C)), None
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(C // self.H)
         scores = scores.masked_fill(~self.mask[:T, :T], float("-inf"))
         attn = F.softmax(scores, dim=-1)
         y = (attn @ v).transpose(1, 2).reshape(B, T, C)
         return self.out(y), attn
 
-    def _kernel_applies(self, qkv: torch.Tensor) -> bool:
-        """The fused kernel (attention_kernel.py) serves plain eager float32 CPU calls; under
-        torch.func transforms (the batched SGLD path, Hessians) and torch.compile, which fuses
-        the explicit form itself, the explicit softmax runs. Both agree within float rounding."""
-        return (qkv.device.type == "cpu" and qkv.dtype == torch.float32
-                and not torch.compiler.is_compiling() and not is_functorch_wrapped_tensor(qkv)
-                and attention_kernel.available(qkv.shape[1], self.H, qkv.shape[2] // (3 * self.H)))
+
+def sdpa_applies(x: torch.Tensor) -> bool:
+    """SDPA serves eager calls; under torch.func transforms (vmap of the batched SGLD path, the
+    double backward of Hessians: SDPA's CPU kernels have no batching rule nor second derivative)
+    and under torch.compile (which fuses the explicit form itself) the explicit softmax runs."""
+    return not torch.compiler.is_compiling() and not is_functorch_wrapped_tensor(x)
+
+
+def attention_implementation(model: nn.Module, method: str, compile: bool = False) -> str:
+    """Which attention a first-derivative pass of ``model`` runs on SGLD path ``method``:
+    "sdpa" or "explicit" (recorded with every LLC estimate)."""
+    fused = bool(getattr(model, "fused_attention", False))
+    return "sdpa" if fused and method == "loop" and not compile else "explicit"
 
 
 class MLP(nn.Module):
@@ -134,12 +140,9 @@ class RegressionTransformer(nn.Module):
 
     @property
     def fused_attention(self) -> bool:
-        """Use the fused attention kernel (attention_kernel.py) where no weights are asked for
-        (default off).
-
-        First derivatives only: the LLC pipeline and ``devarray calibrate`` turn it on; never for
-        Hessians (the kernel has no double backward, and says so if asked). Training leaves it
-        off, so stored training runs do not depend on the machine's compiler."""
+        """Use PyTorch's fused ``scaled_dot_product_attention`` where no pattern is asked for and
+        no torch.func transform is active (default off: training and Hessians run the explicit
+        form; the LLC pipeline turns it on for its first-derivative chains)."""
         return all(b.attn.fused for b in self.blocks)
 
     @fused_attention.setter

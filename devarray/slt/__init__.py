@@ -2,12 +2,12 @@
 
     estimate_llc(model, loss_fn, (tokens, y), epsilon=..., localization=..., batch_size=...)
     calibrate(model, loss_fn, data, epsilon=[...], localization=[...], batch_size=...)
-    estimate_llc(model, regression_loss, data, PRESETS["quick"].settings())
+    estimate_llc(model, loss_fn, data, PRESETS["quick"].settings())   # loss_fn(model, *batch)
 """
 
 from .calibration import calibrate
 from .diagnostics import LLCDiagnosticWarning
-from .llc import estimate_llc, regression_loss
+from .llc import estimate_llc
 from .presets import PRESETS, LLCPreset
 from .sgld import SGLDSettings, default_nbeta, sgld_settings
 
@@ -19,6 +19,5 @@ __all__ = [
     "calibrate",
     "default_nbeta",
     "estimate_llc",
-    "regression_loss",
     "sgld_settings",
 ]

@@ -28,19 +28,9 @@ import torch
 import xarray as xr
 from torch import nn
 
+from .flat import FlatLoss
+
 HVP = Callable[[torch.Tensor], torch.Tensor]
-
-
-class _Loss(nn.Module):
-    """``loss_fn(model, *batch)`` as a module, so ``functional_call`` can swap the model's parameters."""
-
-    def __init__(self, model: nn.Module, loss_fn: Callable[..., torch.Tensor]):
-        super().__init__()
-        self.model = model
-        self.loss_fn = loss_fn
-
-    def forward(self, *batch):
-        return self.loss_fn(self.model, *batch)
 
 
 def hessian_vector_product(
@@ -48,16 +38,11 @@ def hessian_vector_product(
 ) -> tuple[HVP, int]:
     """``v ↦ H v`` for the Hessian of ``loss_fn(model, *batch)`` in the model's trainable
     parameters (flattened in ``named_parameters`` order), and their number."""
-    wrapper = _Loss(model, loss_fn)
-    named = [(f"model.{n}", p) for n, p in model.named_parameters() if p.requires_grad]
-    names = [n for n, _ in named]
-    shapes = [p.shape for _, p in named]
-    sizes = [p.numel() for _, p in named]
-    w0 = torch.cat([p.detach().reshape(-1) for _, p in named])
+    flat = FlatLoss(model, loss_fn)
+    w0 = flat.w0
 
     def loss(w: torch.Tensor) -> torch.Tensor:
-        params = {n: t.view(s) for n, t, s in zip(names, w.split(sizes), shapes)}
-        return torch.func.functional_call(wrapper, params, tuple(batch))
+        return flat(w, *batch)
 
     _, vjp = torch.func.vjp(torch.func.grad(loss), w0)  # H is symmetric: vᵀH = (Hv)ᵀ
 

@@ -26,11 +26,6 @@ from .diagnostics import DRIFT_THRESHOLD, DRIFT_Z, MIN_ESS, chain_diagnostics, d
 from .sgld import LossFn, SGLDSettings, check_dataset, run_chains, sgld_settings
 
 
-def regression_loss(model: nn.Module, tokens: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """ℓ of eq. (2) averaged over positions: mean over contexts and k of (ŷ_k − y_k)²."""
-    return ((model.predict(tokens) - y) ** 2).mean()
-
-
 @torch.no_grad()
 def init_loss(
     model: nn.Module, loss_fn: LossFn, dataset: Sequence[torch.Tensor], rows: int | None = None, chunk: int = 1024
@@ -167,7 +162,7 @@ def estimate_llc(
 
     ``loss_fn(model, *batch)`` is the mean loss over a batch of rows of ``dataset``, a tuple of
     tensors sharing their first dimension n (for the regression transformer:
-    ``regression_loss`` with ``(tokens, y)``). Sampler settings come as an
+    ``devarray.tasks.regression.mse_loss`` with ``(x, y)``). Sampler settings come as an
     :class:`SGLDSettings` or as keywords of :func:`sgld_settings` (``epsilon``/``lr``,
     ``nbeta``/``beta_tilde``, ``localization``/``gamma``/``gamma_tilde``, ``batch_size``,
     ``num_chains``, ``num_draws``, ``num_burnin_steps``). ``method`` picks the chain path

@@ -26,11 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import ctypes
-import functools
 import math
-import platform
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,10 +37,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from ..tasks.regression import derive_seed
-
-LossFn = Callable[..., torch.Tensor]
-"""``loss_fn(model, *batch) -> scalar``: the mean loss of ``model`` on a batch of rows."""
+from ..seeding import derive_seed
+from .flat import FlatLoss, LossFn
 
 METHODS = ("auto", "batched", "loop")
 
@@ -169,40 +163,6 @@ def check_dataset(dataset: Sequence[torch.Tensor], batch_size: int) -> int:
     return n
 
 
-class _Bound(nn.Module):
-    """``loss_fn(model, *batch)`` as a module, so ``functional_call`` can swap the model's parameters."""
-
-    def __init__(self, model: nn.Module, loss_fn: LossFn):
-        super().__init__()
-        self.model = model
-        self.loss_fn = loss_fn
-
-    def forward(self, *batch):
-        return self.loss_fn(self.model, *batch)
-
-
-class FlatLoss:
-    """The loss as a function of one flat vector of the model's trainable parameters.
-
-    Parameters with ``requires_grad=False`` stay fixed at their values (and are not counted
-    in the dimension d); buffers are read from the model.
-    """
-
-    def __init__(self, model: nn.Module, loss_fn: LossFn):
-        named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
-        if not named:
-            raise ValueError("the model has no trainable parameters to sample")
-        self.names = ["model." + k for k, _ in named]
-        self.shapes = [p.shape for _, p in named]
-        self.numels = [p.numel() for _, p in named]
-        self.w0 = torch.cat([p.detach().reshape(-1) for _, p in named])
-        self.module = _Bound(model, loss_fn)
-
-    def __call__(self, w: torch.Tensor, *batch: torch.Tensor) -> torch.Tensor:
-        params = {k: c.view(s) for k, c, s in zip(self.names, torch.split(w, self.numels), self.shapes)}
-        return functional_call(self.module, params, batch)
-
-
 class _BatchStream:
     """Minibatch row indices of one chain: epochs of a seeded permutation (no repeats within an
     epoch). With m = n every step takes the whole dataset in order (full-batch SGLD)."""
@@ -232,31 +192,6 @@ class ChainSamples:
     seconds: float
 
 
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc's mallopt parameters
-
-
-@functools.cache
-def retain_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed memory for reuse, once per process (Linux only).
-
-    Every SGLD step allocates the same activations again (tens of MB at m = 1,024) and frees them
-    all at the end of backward. By default glibc serves large blocks with fresh ``mmap`` pages and
-    hands freed heap beyond twice its (dynamic) mmap threshold back to the system, so each step
-    page-faults most of its memory back in: a tenth of the CPU time went to the kernel at m = 1,024
-    on 2 cores (sys 2.3–2.9 s of ~25 s; 0.4 s after). Blocks under 32 MB now come from the heap,
-    and freed heap is kept up to 1 GB. Threads other than the main one (side-by-side chains, dask
-    workers) allocate from their own arenas, whose emptied 64 MB heaps glibc unmaps unless the
-    top pad covers a whole heap: 1.0–1.4 M faults and sys 2.1–3.0 s per 288 chain-steps at
-    m = 1,024 without the pad, 0.1 M and 0.3 s with it. Process-wide and harmless for
-    correctness; PyTorch's CPU tuning guide gets the same effect by preloading jemalloc or
-    tcmalloc."""
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(None)
-    return all(libc.mallopt(param, value) for param, value in
-               [(_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20)])
-
-
 def chain_generators(seed: int, chain: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
     """The (minibatch, noise) generators of one chain, derived from (seed, chain) only (A.4.2)."""
     batches = torch.Generator().manual_seed(derive_seed(seed, "sgld", chain, "batches"))
@@ -264,15 +199,12 @@ def chain_generators(seed: int, chain: int, device: torch.device) -> tuple[torch
     return batches, noise
 
 
-# Rule of thumb behind method="auto", from benchmarks/llc_throughput.py on this project's 2-core
-# CPU with the regression transformer (the loop with the fused attention kernel and its chains
-# side by side, as pipelines/llc.py runs it) and 8 chains: batched/loop chain-steps per second
-# were 1.27 at m = 16 contexts per chain, 1.16 at m = 32, 0.90 at m = 64, 0.71 at m = 256 and
-# 0.25 at m = 1,024 (runs on one machine differ by up to ±20 %). vmap wins while each chain's
-# minibatch is small (one bigger batched matmul, Python overhead paid once); once a chain's own
-# matmuls fill a core, the loop avoids vmap's extra copies and cache pressure and runs the fused
-# attention kernel, which has no vmap rule. The switch sits at m ≈ 48 contexts of 16 × 5 token
-# numbers. On CUDA the batched path always wins (one kernel launch per op for all chains).
+# The rule behind method="auto" (measured by benchmarks/llc_throughput.py; figures in
+# BENCHMARKS.md): on a CPU, vmap wins while each chain's minibatch is small (one bigger batched
+# matmul, Python overhead paid once); once a chain's own matmuls fill a core, the per-chain loop
+# avoids vmap's extra copies and runs PyTorch's fused attention, which has no vmap rule. The
+# switch sits at m ≈ 48 contexts of 16 × 5 token numbers. On CUDA the batched path always wins
+# (one kernel launch per op for all chains).
 _LOOP_MIN_ELEMENTS = 48 * 16 * 5
 
 
@@ -295,12 +227,10 @@ def choose_method(method: str, device: torch.device, batch_example: Sequence[tor
 def _chain_threads(method: str, device: torch.device, compile: bool, num_chains: int) -> int:
     """How many chains the loop runs at once: one per thread torch may use, on a CPU.
 
-    One chain per core with single-threaded ops ran at 0.96–1.30× one chain at a time on all
-    cores at m = 64, 256 and 1,024 contexts, 1.1–1.2× in most runs (2 cores;
-    benchmarks/llc_throughput.py's loop/1-at-a-time column): no fork-join per op, and each core keeps its chain's data. Every
-    chain's arithmetic is the same single-threaded sequence either way, so the numbers are
-    bitwise those of a sequential single-threaded loop (tested). Compiled gradients run one
-    chain at a time."""
+    One single-threaded chain per core avoids a fork-join per op and keeps each chain's data in
+    its core's cache (benchmarks/llc_throughput.py's loop/1-at-a-time column). Every chain's
+    arithmetic is the same single-threaded sequence either way, so the numbers are bitwise those
+    of a sequential single-threaded loop (tested). Compiled gradients run one chain at a time."""
     if method != "loop" or device.type != "cpu" or compile:
         return 1
     return max(1, min(torch.get_num_threads(), num_chains))
@@ -387,8 +317,6 @@ def run_chains(
     data = tuple(x.to(device) for x in dataset)
     C, m, P = settings.num_chains, settings.batch_size, flat.w0.numel()
     method = choose_method(method, device, tuple(x[:m] for x in data), C)
-    if device.type == "cpu":
-        retain_freed_memory()
 
     grad_fn = _compiled(model, loss_fn, method, flat) if compile else _grad_fn(flat, method)
 

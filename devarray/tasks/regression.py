@@ -3,26 +3,20 @@
 A context draws one task t ~ N(0, I_D), then K inputs x_k ~ N(0, I_D) and outputs
 y_k = tᵀx_k + N(0, σ²). With a finite task set of size M (Raventós et al., 2023) the task is
 drawn uniformly from M tasks fixed by the seed. Every draw is made from a ``torch.Generator``
-seeded from named streams (:func:`derive_seed`), so a (seed, stream) pair always gives the
+seeded from named streams (:func:`devarray.seeding.derive_seed`), so a (seed, stream) pair always gives the
 same numbers, whatever else was drawn before.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass
 
 import torch
 
+from ..seeding import derive_seed, generator
 
-def derive_seed(*parts: object) -> int:
-    """A stable 63-bit seed from any sequence of parts (Python's ``hash`` is salted per process)."""
-    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
-
-
-def generator(*parts: object) -> torch.Generator:
-    return torch.Generator().manual_seed(derive_seed(*parts))
+__all__ = ["Batch", "RegressionTask", "derive_seed", "generator", "mse_loss", "per_position_mse", "ridge_predict",
+           "tokenize"]
 
 
 @dataclass(frozen=True)
