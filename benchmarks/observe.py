@@ -21,7 +21,7 @@ import xarray as xr
 
 from devarray import observables as obs
 from devarray.models.regression import RegressionTransformer
-from devarray.observables.probes import forward, ood_predictions
+from devarray.observables.regression.probes import forward, ood_predictions
 from devarray.observables.registry import REGISTRY, Registry
 from devarray.observables.regression.structure import _summary
 from devarray.tasks.regression import RegressionTask
@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts to measure")
     args = parser.parse_args()
 
-    probe = obs.make_probe(RegressionTask(), seed=0)
+    probe = make_probe(RegressionTask(), seed=0)
     models = []
     for seed in range(args.checkpoints):
         torch.manual_seed(seed)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from devarray.train import TrainConfig, train
+from devarray.train import make_config, train
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    config = TrainConfig.from_preset(args.preset)
+    config = make_config("lr", args.preset)
     n = config.schedule.num_steps
     rates = {"no writes": [], "store writes": []}
     with tempfile.TemporaryDirectory() as tmp:

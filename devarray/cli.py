@@ -7,34 +7,54 @@ status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from .store import RunStore, StoreError
+from .errors import ConfigError, DevarrayError, StoreError
+from .store import RunStore
 
 
 def _cmd_train(args) -> None:
-    from .train import TrainConfig, format_summary, train
+    from .settings import get
+    from .train import format_summary, train
 
-    if args.task != "lr":
-        raise StoreError(f"unknown task {args.task!r}; available: lr (in-context linear regression)")
-    config = TrainConfig.from_preset(args.preset, args.seed, num_steps=args.steps, lr=args.lr,
-                                     batch_size=args.batch_size, num_tasks=args.num_tasks)
-    out = args.out or f"stores/lr-{args.preset}-s{args.seed}.zarr"
+    setting = get(args.setting)
+    overrides = {dest: getattr(args, dest) for dest in _setting_options()}
+    config = setting.config(args.preset, args.seed, **overrides)
+    out = args.out or f"stores/{setting.name}-{args.preset}-s{args.seed}.zarr"
     summary = train(out, config, overwrite=args.overwrite, progress=not args.quiet)
     print(format_summary(summary))
 
 
-def _cmd_hessian(args) -> None:
-    from pipelines import hessian
+def _setting_options() -> dict[str, dict]:
+    """Training options of every registered setting, by Python argument name (``--steps`` is
+    ``num_steps``); a setting refuses those it does not have."""
+    from .settings import get, names
 
-    if args.preset not in hessian.PRESETS:
-        raise StoreError(f"unknown Hessian preset {args.preset!r}; choose one of {', '.join(hessian.PRESETS)}")
-    settings = dict(hessian.PRESETS[args.preset])
-    settings.update({k: getattr(args, k) for k in ("batch_size", "num_probes", "top_k") if getattr(args, k)})
+    options: dict[str, dict] = {}
+    for name in names():
+        for dest, spec in get(name).train_options.items():
+            entry = options.setdefault(dest, dict(spec, settings=[]))
+            entry["settings"].append(name)
+    return options
+
+
+def _cmd_hessian(args) -> None:
+    from devarray.pipelines import hessian
+
+    from .settings import setting_for
+
     for path in args.stores:
+        presets = setting_for(RunStore.open(path, mode="r").config).hessian_presets
+        if args.preset not in presets:
+            raise ConfigError(f"unknown Hessian preset {args.preset!r}; choose one of {', '.join(presets)}",
+                              argument="preset")
+        settings = dict(presets[args.preset])
+        settings.update({k: getattr(args, k) for k in ("batch_size", "num_probes", "top_k") if getattr(args, k) is not None})
+        settings["num_lanczos"] = max(settings["num_lanczos"], settings["top_k"])
         hessian.run(path, **settings, seed=args.seed, steps=_steps(args.steps), overwrite=args.overwrite,
                     workers=args.workers, scheduler=args.scheduler, threads=args.threads, progress=not args.quiet)
         ds = hessian.as_dataset(path)
@@ -44,7 +64,7 @@ def _cmd_hessian(args) -> None:
 
 
 def _cmd_stages(args) -> None:
-    from pipelines import stages
+    from devarray.pipelines import stages
 
     for path in args.stores:
         options = {"tolerance": args.tolerance} if args.tolerance is not None else {}
@@ -53,19 +73,23 @@ def _cmd_stages(args) -> None:
         stages.run(path, args.variable, **options)
         print(f"{path}: stages of {args.variable}")
         print(stages.table(path))
+        report = stages.report(path)
+        if report:
+            print(report)
 
 
 def _cmd_demo(args) -> None:
-    from pipelines import hessian, llc, observe, stages
+    from devarray.pipelines import hessian, llc, observe, stages
 
-    from .slt.presets import PRESETS as LLC_PRESETS
-    from .train import TrainConfig, format_summary, train
+    from .settings import get
+    from .train import format_summary, train
 
-    path = Path(args.out_dir) / f"lr-{args.preset}-s{args.seed}.zarr"
+    setting = get(args.setting)
+    path = Path(args.out_dir) / f"{setting.name}-{args.preset}-s{args.seed}.zarr"
     compute = dict(workers=args.workers, progress=not args.quiet)
-    print(f"[1/5] training the regression transformer ({args.preset} preset) into {path}")
-    print(format_summary(train(path, TrainConfig.from_preset(args.preset, args.seed), progress=not args.quiet)))
-    preset = LLC_PRESETS["quick"]
+    print(f"[1/5] training the {setting.title} model ({args.preset} preset) into {path}")
+    print(format_summary(train(path, setting.config(args.preset, args.seed), progress=not args.quiet)))
+    preset = setting.llc_presets["quick"]
     print(f"[2/5] LLC at every checkpoint ({preset.num_chains} chains x "
           f"{preset.num_burnin_steps + preset.num_draws} SGLD steps each)")
     results = llc.run(path, preset.settings(), dataset_size=preset.dataset_size, **compute)
@@ -73,13 +97,13 @@ def _cmd_demo(args) -> None:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     print("[3/5] Hessian trace and top eigenvalues at every checkpoint")
-    hessian.run(path, **hessian.PRESETS["quick"], **compute)
-    print("[4/5] observables (ICL scores, OOD, attention, layer-norm collapse, ...)")
+    hessian.run(path, **setting.hessian_presets["quick"], **compute)
+    print("[4/5] observables at every checkpoint")
     observe.run(path, **compute)
     print("[5/5] stages from the LLC curve, and the figure")
     store = RunStore.open(path)
     n_llc = len(store.done_steps("llc"))
-    if not store.has_group("stages") or store.dataset("stages").sizes["step"] != n_llc:
+    if not store.has_group("stages") or store.dataset("stages").attrs.get("source_checkpoints") != n_llc:
         stages.run(path)
     figure = path.with_suffix(".png")
     if not figure.exists() or figure.stat().st_mtime < (path / "stages" / "zarr.json").stat().st_mtime:
@@ -89,36 +113,32 @@ def _cmd_demo(args) -> None:
         print(llc.summary_table(path))
     print(f"stages of {path} (LLC plateaus, appendix B.1):")
     print(stages.table(path))
-    print(stages.lr1_lr2_report(path))
+    report = stages.report(path)
+    if report:
+        print(report)
     print(f"figure: {figure}")
     print(f"explore: panel serve apps/stages.py --args {path}")
-
-
-def _done(ds):
-    return ds.isel(step=ds.done.values.astype(bool))
 
 
 def figure_inputs(path) -> tuple:
     """(curves over step, stages Dataset or None, GP fits by variable) of one store."""
     import xarray as xr
 
-    from pipelines.stages import CURVE_VARS
+    from devarray.pipelines.runner import done
+    from devarray.pipelines.stages import fit
 
     store = RunStore.open(path, mode="r")
-    parts = [_done(store.dataset("eval"))[["test_loss", "weight_norm"]]]
+    parts = [done(store.dataset("eval"))[["test_loss", "weight_norm"]]]
     if store.has_group("llc") and len(store.done_steps("llc")):
-        parts.append(_done(store.dataset("llc"))[["llc_mean", "llc_std"]])
+        parts.append(done(store.dataset("llc"))[["llc_mean", "llc_std"]])
     ds = xr.merge(parts, join="outer").load()
     if not store.has_group("stages"):
         return ds, None, {}
     st = store.dataset("stages").load()
-    fits = {}
-    for name, prefix in (("llc_mean", "llc"), ("test_loss", "test_loss"), ("weight_norm", "weight_norm")):
-        cols = [f"{prefix}_{v}" for v in CURVE_VARS]
-        if all(c in st for c in cols):
-            fits[name] = st[cols].rename({c: v for c, v in zip(cols, CURVE_VARS)}).assign_attrs(variable=name)
-    stages = st.drop_vars([v for v in st.data_vars if v.split("_")[0] in ("test", "weight")])
-    stages = stages.rename({f"llc_{v}": v for v in CURVE_VARS if f"llc_{v}" in stages})
+    fits = {str(c): fit(st, str(c)) for c in st.curve.values}
+    staged = str(st.attrs.get("variable", "llc_mean"))
+    stages = st.drop_vars(["smooth", "slope", "slope_lo", "slope_hi", "curve"]).merge(fits[staged])
+    stages.attrs = st.attrs
     return ds, stages, fits
 
 
@@ -162,13 +182,17 @@ def _steps(text: str | None) -> list[int] | None:
         raise StoreError(f"--steps takes comma-separated integers, got {text!r}") from None
 
 
-def _llc_settings(args):
-    from .slt import sgld_settings
-    from .slt.presets import PRESETS
+def _llc_preset(setting, name: str):
+    if name not in setting.llc_presets:
+        raise ConfigError(f"unknown LLC preset {name!r} for the {setting.title} setting; choose one of "
+                          f"{', '.join(setting.llc_presets)}", argument="preset")
+    return setting.llc_presets[name]
 
-    if args.preset not in PRESETS:
-        raise StoreError(f"unknown LLC preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
-    preset = PRESETS[args.preset]
+
+def _llc_settings(args, setting):
+    from .slt import sgld_settings
+
+    preset = _llc_preset(setting, args.preset)
     given = {k: getattr(args, k) for k in ("num_chains", "num_draws", "num_burnin_steps", "batch_size", "epsilon",
                                            "nbeta", "beta_tilde", "localization", "gamma_tilde")
              if getattr(args, k) is not None}
@@ -184,18 +208,20 @@ def _llc_settings(args):
     try:
         settings = sgld_settings(**{**base, **given})
     except ValueError as e:
-        raise StoreError(str(e)) from None
+        raise ConfigError(str(e)) from None
     return settings, args.dataset_size or preset.dataset_size
 
 
 def _cmd_llc(args) -> None:
-    from pipelines import llc
+    from devarray.pipelines import llc
 
-    settings, n = _llc_settings(args)
-    print(f"LLC: {settings.num_chains} chains x {settings.num_steps} steps ({settings.num_burnin_steps} burn-in), "
-          f"eps={settings.epsilon:g} beta~={settings.beta_tilde:g} (nbeta={settings.nbeta:.4g}) "
-          f"gamma~={settings.gamma_tilde:g}, m={settings.batch_size}, n={n}")
+    from .settings import setting_for
+
     for path in args.stores:
+        settings, n = _llc_settings(args, setting_for(RunStore.open(path, mode="r").config))
+        print(f"LLC: {settings.num_chains} chains x {settings.num_steps} steps ({settings.num_burnin_steps} burn-in), "
+              f"eps={settings.epsilon:g} beta~={settings.beta_tilde:g} (nbeta={settings.nbeta:.4g}) "
+              f"gamma~={settings.gamma_tilde:g}, m={settings.batch_size}, n={n}")
         results = llc.run(path, settings, seed=args.seed, dataset_size=n, steps=_steps(args.steps),
                           compile=args.compile, overwrite=args.overwrite, workers=args.workers,
                           scheduler=args.scheduler, threads=args.threads, progress=not args.quiet)
@@ -213,24 +239,19 @@ def _floats(text: str, flag: str) -> list[float]:
 
 
 def _cmd_calibrate(args) -> None:
-    from pipelines.llc import sgld_dataset
-
     from .checkpoints import load_model
+    from .settings import setting_for
     from .slt.calibration import calibrate
-    from .slt.presets import PRESETS
-    from .store import RunStore
-    from .tasks.regression import mse_loss
 
-    if args.preset not in PRESETS:
-        raise StoreError(f"unknown LLC preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
-    preset = PRESETS[args.preset]
     store = RunStore.open(args.store, mode="r")
+    setting = setting_for(store.config)
+    preset = _llc_preset(setting, args.preset)
     if args.step is None:
         args.step = int(store.done_steps("params")[-1])
     model = load_model(store, args.step)
     model.fused_attention = True  # as the LLC pipeline samples it
     grid = calibrate(
-        model, mse_loss, sgld_dataset(store.config, args.dataset_size or preset.dataset_size),
+        model, setting.loss, setting.sgld_dataset(store.config, args.dataset_size or preset.dataset_size),
         epsilon=_floats(args.epsilon, "--epsilon"),
         beta_tilde=_floats(args.beta_tilde, "--beta-tilde") if args.beta_tilde else None,
         gamma_tilde=_floats(args.gamma_tilde, "--gamma-tilde"),
@@ -269,7 +290,7 @@ def calibration_table(grid, step: int) -> str:
 
 
 def _cmd_observe(args) -> None:
-    from pipelines import observe
+    from devarray.pipelines import observe
 
     # `devarray observe STORE... [NAME...]`: paths (existing, or ending in .zarr) are stores
     stores = [t for t in args.targets if t.endswith(".zarr") or Path(t).exists()]
@@ -297,15 +318,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="devarray", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a model into a run store")
-    t.add_argument("task", choices=None, help="task to train: lr (in-context linear regression)")
+    from .settings import get, names
+
+    known = "; ".join(f"{n}: {get(n).title}" for n in names())
+    t = sub.add_parser("train", help="train a model into a run store",
+                       description=f"Train a setting's model into a run store. Settings: {known}.")
+    t.add_argument("setting", metavar="SETTING", help=f"the setting to train ({known})")
     t.add_argument("--preset", default="quick", help="tiny | quick | paper (default quick)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", help="store path (default stores/lr-<preset>-s<seed>.zarr)")
-    t.add_argument("--steps", type=int, help="override the preset's number of training steps")
-    t.add_argument("--lr", type=float, help="override the maximum learning rate (0.003)")
-    t.add_argument("--batch-size", type=int, help="override the batch size (256)")
-    t.add_argument("--num-tasks", type=int, help="finite task set of size M (default: fresh tasks, M = ∞)")
+    t.add_argument("--out", help="store path (default stores/<setting>-<preset>-s<seed>.zarr)")
+    for dest, spec in _setting_options().items():
+        which = "" if len(spec["settings"]) == len(names()) else f" [{', '.join(spec['settings'])}]"
+        t.add_argument(spec["flag"], dest=dest, type=spec["type"], help=spec["help"] + which)
     t.add_argument("--overwrite", action="store_true", help="replace an existing store with another config")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_cmd_train)
@@ -379,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     fi.set_defaults(func=_cmd_figure)
 
     de = sub.add_parser("demo", help="the main job: train (quick) -> LLC -> Hessian -> observables -> stages -> figure")
+    de.add_argument("setting", nargs="?", default="lr", metavar="SETTING", help=f"the setting (default lr; {known})")
     de.add_argument("--out-dir", default="stores")
     de.add_argument("--seed", type=int, default=0)
     de.add_argument("--preset", default="quick", help="training preset (quick; tiny for a smoke run in seconds)")
@@ -393,12 +418,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _flag_names(parser: argparse.ArgumentParser, command: str) -> dict[str, str]:
+    """Python argument name -> the flag of ``command`` that sets it (``num_steps`` -> ``--steps``)."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    flags = {}
+    for action in sub._actions:
+        if action.option_strings:
+            flags.setdefault(action.dest, max(action.option_strings, key=len))
+    return flags
+
+
+def _user_message(error: DevarrayError, parser: argparse.ArgumentParser, command: str) -> str:
+    """The library's message with its Python argument name replaced by the command's flag."""
+    message = str(error)
+    flag = _flag_names(parser, command).get(error.argument or "")
+    if flag:
+        message = re.sub(rf"(?<![\w-]){re.escape(error.argument)}(?![\w])", flag, message)
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         args.func(args)
-    except StoreError as e:
-        print(f"devarray: error: {e}", file=sys.stderr)
+    except DevarrayError as e:
+        print(f"devarray: error: {_user_message(e, parser, args.command)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("devarray: interrupted; what was written is kept and the same command resumes", file=sys.stderr)

@@ -17,6 +17,7 @@ import glob
 import os
 import shutil
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,19 +25,15 @@ import numpy as np
 import xarray as xr
 import zarr
 
-import schemas
+from devarray import schemas
 
 from . import __version__
+from .errors import StoreError
 
-SCHEMA_VERSION = 1
+__all__ = ["SCHEMA_VERSION", "RunStore", "StoreError", "VarSpec", "open_run", "open_runs"]
 
-# zarr warns that fixed-width unicode is not yet in the v3 spec; xarray reads it fine.
-warnings.filterwarnings("ignore", message=".*(unstable|not part of the Zarr format 3|does not have a Zarr V3 specification).*")
-warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-
-
-class StoreError(Exception):
-    """A user-facing problem with a store; the message is one line that says what to do."""
+# 2: the run config names its setting; every group records the schema it follows
+SCHEMA_VERSION = 2
 
 
 @dataclass
@@ -72,6 +69,16 @@ def _fill_value(dtype: np.dtype):
     raise StoreError(f"unsupported dtype {dtype}; use float, int, bool or fixed-width str")
 
 
+@contextmanager
+def _quiet_zarr():
+    """zarr warns that consolidated metadata and variable-length strings are not yet in the v3
+    spec; both are read by zarr and xarray. Silenced here, around our own calls only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(unstable|not part of the Zarr format 3|Zarr V3 specification"
+                                "|[Cc]onsolidated metadata).*")
+        yield
+
+
 class RunStore:
     """A run store on disk. Create with :meth:`create`, open with :meth:`open`."""
 
@@ -100,7 +107,7 @@ class RunStore:
         root.attrs.update(
             {
                 "config": config,
-                "task": config.get("task_name", ""),
+                "setting": config.get("setting", ""),
                 "seed": config.get("seed", -1),
                 "preset": config.get("preset", ""),
                 "schema_version": SCHEMA_VERSION,
@@ -124,8 +131,12 @@ class RunStore:
         if "config" not in root.attrs:
             raise StoreError(f"{path} is a zarr store but not a devarray run store (no config attribute)")
         version = root.attrs.get("schema_version")
+        if isinstance(version, int) and version > SCHEMA_VERSION:
+            raise StoreError(f"{path} was written by a newer devarray (schema version {version}; this one reads "
+                             f"{SCHEMA_VERSION}); upgrade devarray to read it")
         if version != SCHEMA_VERSION:
-            raise StoreError(f"{path} has schema version {version}, this devarray reads {SCHEMA_VERSION}")
+            raise StoreError(f"{path} has schema version {version}, this devarray reads {SCHEMA_VERSION}; "
+                             "retrain the run (add --overwrite) with this devarray")
         store = cls(path, root)
         if validate:
             store.validate()
@@ -134,7 +145,8 @@ class RunStore:
     def consolidate(self) -> None:
         self._arrays.clear()
         self._steps.clear()
-        zarr.consolidate_metadata(str(self.path))
+        with _quiet_zarr():
+            zarr.consolidate_metadata(str(self.path))
 
     # ------------------------------------------------------------------ metadata
     @property
@@ -149,6 +161,10 @@ class RunStore:
             raise StoreError(f"{self.path} has no group {name!r}; groups: {', '.join(self.groups()) or 'none'}")
         return zarr.open_group(self.root.store, path=name, mode=self.root.read_only and "r" or "r+",
                                zarr_format=3, use_consolidated=False)
+
+    def schema(self, group: str) -> dict:
+        """The schema a stored group follows (its ``schema`` attribute; by default its name)."""
+        return schemas.load(self.group(group).attrs.get("schema", group))
 
     def groups(self) -> list[str]:
         return sorted(self.root.group_keys())
@@ -183,17 +199,22 @@ class RunStore:
         variables: dict[str, VarSpec] | None = None,
         attrs: dict | None = None,
         *,
+        schema: str | None = None,
         overwrite: bool = False,
     ) -> zarr.Group:
-        """Allocate group ``name`` from its schema plus ``variables`` (for dynamic groups).
+        """Allocate group ``name`` from its schema (``schemas/<schema>.yaml``, default the group's
+        name; a setting's ``eval`` follows its own) plus ``variables`` (for dynamic groups).
 
-        ``coords`` gives the values of every dimension coordinate the variables use."""
-        schema = schemas.load(name)
+        ``coords`` gives the values of every dimension coordinate the variables use. The group
+        records the schema it follows in its ``schema`` attribute."""
+        schema_name = schema or name
+        schema = schemas.load(schema_name)
         if self.has_group(name):
             if not overwrite:
                 raise StoreError(f"{self.path} already has group {name!r}; pass --overwrite to recompute it")
             del self.root[name]
-        g = self.root.create_group(name, attributes={"description": schema["description"], **(attrs or {})})
+        g = self.root.create_group(name, attributes={"description": schema["description"], "schema": schema_name,
+                                                      **(attrs or {})})
         for cname, cspec in schema["coords"].items():
             if cname in coords:
                 self._create_coord(g, cname, np.asarray(coords[cname]), cspec)
@@ -206,7 +227,7 @@ class RunStore:
     def add_variables(self, name: str, variables: dict[str, VarSpec], coords: dict[str, np.ndarray] | None = None,
                       *, overwrite: bool = False) -> None:
         """Add variables (and any new dimension coordinates) to an existing dynamic group."""
-        schema = schemas.load(name)
+        schema = self.schema(name) if self.has_group(name) else schemas.load(name)
         if not schema.get("dynamic"):
             raise StoreError(f"group {name!r} has a fixed schema; new variables go in 'observables'")
         g = self.group(name)
@@ -230,9 +251,10 @@ class RunStore:
     def _create_coord(g: zarr.Group, cname: str, values: np.ndarray, cspec: dict) -> None:
         attrs = {k: cspec[k] for k in ("long_name", "units", "description") if k in cspec}
         dtype = np.dtype(cspec.get("dtype", values.dtype))
-        arr = g.create_array(cname, shape=values.shape, chunks=values.shape or (1,), dtype=_zarr_dtype(dtype),
-                             fill_value=_fill_value(dtype), dimension_names=[cname], attributes=attrs)
-        arr[...] = values.astype(object if dtype.kind == "U" else dtype)
+        with _quiet_zarr():
+            arr = g.create_array(cname, shape=values.shape, chunks=values.shape or (1,), dtype=_zarr_dtype(dtype),
+                                 fill_value=_fill_value(dtype), dimension_names=[cname], attributes=attrs)
+            arr[...] = values.astype(object if dtype.kind == "U" else dtype)
 
     def _add(self, g: zarr.Group, schema: dict, specs: dict[str, VarSpec], coords: dict) -> None:
         index = schema.get("index")
@@ -247,31 +269,9 @@ class RunStore:
             )
             chunks = tuple(max(1, min(c, s)) for c, s in zip(chunks, shape)) or (1,)
             dtype = np.dtype(spec.dtype)
-            g.create_array(vname, shape=shape, chunks=chunks, dtype=_zarr_dtype(dtype), fill_value=_fill_value(dtype),
-                           dimension_names=list(spec.dims), attributes=dict(spec.attrs))
-
-    def allocate_like(self, name: str, example: xr.Dataset, steps: np.ndarray, attrs: dict | None = None,
-                      *, overwrite: bool = False) -> None:
-        """Allocate group ``name`` (or add to a dynamic one) for per-checkpoint results shaped like
-        ``example``: every data variable gets ``step`` prepended; its coords become the group's."""
-        known = schemas.load(name)["variables"]
-        specs = {}
-        for v, da in example.data_vars.items():
-            dtype = np.dtype(known[v]["dtype"]) if v in known else da.dtype
-            specs[v] = VarSpec(("step", *da.dims), dtype.str, dict(da.attrs))
-        coords = {"step": steps}
-        for d in {d for da in example.data_vars.values() for d in da.dims}:
-            coords[d] = example[d].values if d in example.coords else np.arange(example.sizes[d])
-        if name in self.groups() and schemas.load(name).get("dynamic"):
-            self.add_variables(name, specs, {k: v for k, v in coords.items() if k != "step"}, overwrite=overwrite)
-            if attrs:
-                self.set_attrs(name, **attrs)
-        else:
-            self.create_group(name, coords, specs, attrs, overwrite=overwrite)
-
-    def write_dataset(self, group: str, step: int, ds: xr.Dataset) -> None:
-        """Write one checkpoint's results (shaped as given to :meth:`allocate_like`)."""
-        self.write(group, step, {v: ds[v].values for v in ds.data_vars})
+            with _quiet_zarr():
+                g.create_array(vname, shape=shape, chunks=chunks, dtype=_zarr_dtype(dtype), fill_value=_fill_value(dtype),
+                               dimension_names=list(spec.dims), attributes=dict(spec.attrs))
 
     def write_group(self, name: str, ds: xr.Dataset, *, overwrite: bool = False) -> None:
         """Write a whole (small) group at once, e.g. ``stages``; replaced only with ``overwrite``."""
@@ -283,11 +283,10 @@ class RunStore:
         for v in list(ds.variables):  # text as variable-length strings (zarr v3 spec)
             if ds[v].dtype.kind == "U":
                 ds[v] = ds[v].astype(object)
-        ds.to_zarr(str(self.path), group=name, mode="w", zarr_format=3, consolidated=False)
-        self.consolidate()
-
-    def set_attrs(self, group: str, **attrs) -> None:
-        self.group(group).attrs.update(attrs)
+        if name in schemas.SCHEMAS:
+            ds.attrs["schema"] = name
+        with _quiet_zarr():
+            ds.to_zarr(str(self.path), group=name, mode="w", zarr_format=3, consolidated=False)
         self.consolidate()
 
     # ------------------------------------------------------------------ writing data
@@ -296,7 +295,8 @@ class RunStore:
         i = self.index_of(group, step)
         for name, value in values.items():
             value = np.asarray(value)
-            self.array(group, name)[i] = value.astype(object) if value.dtype.kind == "U" else value
+            with _quiet_zarr():
+                self.array(group, name)[i] = value.astype(object) if value.dtype.kind == "U" else value
 
     def write_slice(self, group: str, start: int, values: dict[str, np.ndarray]) -> None:
         """Write a contiguous range along the group's index dim, starting at position ``start``."""
@@ -332,10 +332,11 @@ class RunStore:
     def validate(self) -> None:
         """Check every group against its schema: dims, dtypes and CF attributes."""
         for name in self.groups():
-            if name not in schemas.GROUPS:
-                continue  # user groups are allowed; they are not ours to check
-            schema = schemas.load(name)
             g = self.group(name)
+            schema_name = g.attrs.get("schema", name)
+            if schema_name not in schemas.SCHEMAS:
+                continue  # user groups are allowed; they are not ours to check
+            schema = schemas.load(schema_name)
             for vname, vspec in schema["variables"].items():
                 if vname not in g:
                     raise StoreError(f"{self.path}: {name}/{vname} is missing (schema {name}.yaml)")
@@ -357,13 +358,14 @@ class RunStore:
     def summary(self) -> str:
         """What the store holds and how complete it is (for ``devarray info``)."""
         cfg = self.config
-        lines = [f"{self.path}  task={cfg.get('task_name')} preset={cfg.get('preset')} seed={cfg.get('seed')}"]
+        lines = [f"{self.path}  setting={cfg.get('setting')} preset={cfg.get('preset')} seed={cfg.get('seed')}"]
         for name in self.groups():
             g = self.group(name)
             variables = sorted(k for k in g.array_keys() if g[k].metadata.dimension_names != (k,))
             flags = [v for v in variables if v == "done" or v.startswith("done_")]
             data = [v for v in variables if v not in flags]
-            index = schemas.load(name).get("index") if name in schemas.GROUPS else None
+            schema_name = g.attrs.get("schema", name)
+            index = schemas.load(schema_name).get("index") if schema_name in schemas.SCHEMAS else None
             if index and flags:
                 total = g[index].shape[0]
                 parts = []
@@ -386,7 +388,7 @@ def open_run(path) -> xr.DataTree:
 
 def open_runs(pattern: str, group: str) -> xr.Dataset:
     """One group of every store matching ``pattern``, concatenated along a new ``run`` dim,
-    with ``seed``, ``task`` and ``preset`` as coordinates along ``run``."""
+    with ``seed``, ``setting`` and ``preset`` as coordinates along ``run``."""
     paths = sorted(glob.glob(pattern))
     if not paths:
         raise StoreError(f"no run stores match {pattern!r}")
@@ -396,7 +398,7 @@ def open_runs(pattern: str, group: str) -> xr.Dataset:
         datasets.append(store.dataset(group))
         names.append(Path(p).name.removesuffix(".zarr"))
         seeds.append(int(store.root.attrs.get("seed", -1)))
-        tasks.append(str(store.root.attrs.get("task", "")))
+        tasks.append(str(store.root.attrs.get("setting", "")))
         presets.append(str(store.root.attrs.get("preset", "")))
     ds = xr.concat(datasets, dim="run", join="outer", combine_attrs="drop_conflicts")
-    return ds.assign_coords(run=names, seed=("run", seeds), task=("run", tasks), preset=("run", presets))
+    return ds.assign_coords(run=names, seed=("run", seeds), setting=("run", tasks), preset=("run", presets))

@@ -1,7 +1,7 @@
 """The LLC of every checkpoint of a run store, written to its ``llc`` group (paper §4, A.3.2).
 
-One task per checkpoint: read the weights, draw the SGLD dataset (a fixed set of contexts from
-the run's task, stream "sgld"), run the chains with the same seed at every checkpoint (A.4.2),
+One task per checkpoint: read the weights, take the setting's fixed SGLD dataset and loss, run
+the chains with the same seed at every checkpoint (A.4.2),
 write the (step, chain, draw) region and the done flag. Done steps are skipped; a store holding
 estimates made with other settings is refused unless ``overwrite``.
 """
@@ -11,33 +11,32 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import numpy as np
-import schemas
-import xarray as xr
+import torch
 
-from devarray.checkpoints import build_task, load_model
+from devarray import schemas
+from devarray.checkpoints import load_model
+from devarray.errors import StoreError
+from devarray.models.attention import attention_implementation
+from devarray.settings import setting_for
 from devarray.slt import SGLDSettings, estimate_llc
-from devarray.store import RunStore, StoreError
-from devarray.tasks.regression import mse_loss
+from devarray.slt.sgld import choose_method
+from devarray.store import RunStore
 
-from .runner import map_checkpoints, prepare_group
+from .runner import done, map_checkpoints, pending_steps, prepare_group
 
 GROUP = "llc"
-
-
-def sgld_dataset(config: dict, n: int):
-    """The fixed SGLD dataset: n contexts (x, y) of the run's task from the stream "sgld"."""
-    batch = build_task(config).dataset(n, "sgld")
-    return batch.x, batch.y
 
 
 def _estimate(path: str, step: int, *, settings: dict, seed: int, dataset_size: int,
               init_loss_rows: int | None, method: str, compile: bool = False) -> dict:
     store = RunStore.open(path, validate=False)
+    setting = setting_for(store.config)
     model = load_model(store, step)
     model.fused_attention = True  # SGLD needs first derivatives only
-    ds = estimate_llc(model, mse_loss, sgld_dataset(store.config, dataset_size), SGLDSettings(**settings),
+    ds = estimate_llc(model, setting.loss, setting.sgld_dataset(store.config, dataset_size), SGLDSettings(**settings),
                       seed=seed, method=method, compile=compile, init_loss_rows=init_loss_rows, label=f"step {step}",
                       warn=False)
+    schemas.validate(ds, GROUP)
     names = [v for v in schemas.load(GROUP)["variables"] if v != "done"]
     store.write(GROUP, step, {v: ds[v].values for v in names})
     store.mark_done(GROUP, step)
@@ -46,12 +45,19 @@ def _estimate(path: str, step: int, *, settings: dict, seed: int, dataset_size: 
             **{flag: np.flatnonzero(ds[flag].values).tolist() for flag in ("diverged", "not_converged", "escaped")}}
 
 
-def sampler_attrs(settings: SGLDSettings, seed: int, dataset_size: int, init_loss_rows: int | None) -> dict:
-    """Everything that determines the stored numbers (the path chosen and ``compile`` are not:
-    they only round)."""
+def sampler_attrs(store: RunStore, settings: SGLDSettings, seed: int, dataset_size: int,
+                  init_loss_rows: int | None, method: str = "auto", compile: bool = False) -> dict:
+    """Everything that determines the stored numbers: the sampler settings, the data and loss,
+    and the code path (SGLD path and attention implementation), which changes the rounding."""
+    setting = setting_for(store.config)
+    example = setting.sgld_dataset(store.config, settings.batch_size)
+    path = choose_method(method, torch.device("cpu"), example, settings.num_chains)
+    model = setting.build_model(store.config)
+    model.fused_attention = True
     return {**settings.to_dict(), "seed": seed, "dataset_size": dataset_size,
             "init_loss_rows": dataset_size if init_loss_rows is None else init_loss_rows,
-            "dataset": "task stream 'sgld'", "loss": "mean squared error over all K positions (eq. 2)"}
+            "dataset": "the setting's fixed SGLD dataset (stream 'sgld')", "loss": setting.loss_description,
+            "method": path, "attention": attention_implementation(model, path, compile), "compile": bool(compile)}
 
 
 def prepare(store: RunStore, attrs: dict, num_chains: int, num_draws: int, *, overwrite: bool) -> None:
@@ -68,19 +74,15 @@ def run(path, settings: SGLDSettings, *, seed: int = 0, dataset_size: int, init_
 
     ``compile=True`` runs the gradient under ``torch.compile`` (with the explicit attention, which
     it fuses itself) for about 10–20 s of compiling per checkpoint; it paid off for long chains at
-    small batches, but at m = 1,024 the eager loop with the fused attention kernel is faster
-    (benchmarks/llc_throughput.py --compile); numbers agree within rounding."""
+    small batches (benchmarks/llc_throughput.py --compile); numbers agree within rounding."""
     store = RunStore.open(path)
     if dataset_size < settings.batch_size:
-        raise StoreError(f"the SGLD dataset ({dataset_size}) is smaller than the batch ({settings.batch_size})")
-    attrs = sampler_attrs(settings, seed, dataset_size, init_loss_rows)
+        raise StoreError(f"the SGLD dataset ({dataset_size}) is smaller than the batch ({settings.batch_size})",
+                         argument="dataset_size")
+    pending_steps(store, GROUP, steps)  # refuses steps that are not checkpoints before anything is written
+    attrs = sampler_attrs(store, settings, seed, dataset_size, init_loss_rows, method, compile)
     prepare(store, attrs, settings.num_chains, settings.num_draws, overwrite=overwrite)
-    available = store.done_steps("params")
-    wanted = available if steps is None else np.intersect1d(available, np.asarray(steps))
-    if steps is not None and len(wanted) < len(np.unique(steps)):
-        missing = sorted(set(np.asarray(steps).tolist()) - set(available.tolist()))
-        raise StoreError(f"steps {missing[:5]} are not written checkpoints of {path}")
-    pending = np.setdiff1d(wanted, store.done_steps(GROUP))
+    pending = pending_steps(store, GROUP, steps)
     return map_checkpoints(_estimate, path, pending, workers=workers, scheduler=scheduler, threads=threads,
                            progress=progress, desc="llc", settings=asdict(settings), seed=seed,
                            dataset_size=dataset_size, init_loss_rows=init_loss_rows, method=method,
@@ -89,8 +91,7 @@ def run(path, settings: SGLDSettings, *, seed: int = 0, dataset_size: int, init_
 
 def summary_table(path) -> str:
     """One line per done checkpoint: LLC, its spread over chains, ℓ_n(w*) and flagged chains."""
-    ds = RunStore.open(path, mode="r").dataset(GROUP)
-    ds = ds.sel(step=ds.step[ds.done.values])
+    ds = done(RunStore.open(path, mode="r").dataset(GROUP))
     lines = [f"{'step':>8} {'llc':>9} {'± std':>8} {'init loss':>10}  flags"]
     for s in ds.step.values:
         d = ds.sel(step=s)
@@ -109,6 +110,3 @@ def flagged(results: list[dict]) -> str | None:
             parts.append(f"step {r['step']}: " + "; ".join(bad))
     return ("LLC diagnostics flagged " + " | ".join(parts)) if parts else None
 
-
-def as_dataset(path) -> xr.Dataset:
-    return RunStore.open(path, mode="r").dataset(GROUP)

@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from devarray import observables as obs
-from devarray.checkpoints import build_task, load_model
-from devarray.observables import storage
-from devarray.store import RunStore, StoreError
+from devarray import store_observables as storage
+from devarray.checkpoints import load_model
+from devarray.errors import StoreError
+from devarray.settings import setting_for
+from devarray.store import RunStore
 
-from .runner import map_checkpoints
+from .runner import map_checkpoints, selected_steps
 
 
 def import_modules(modules: list[str]) -> None:
@@ -29,7 +31,7 @@ def import_modules(modules: list[str]) -> None:
         if m.endswith(".py"):
             path = Path(m).resolve()
             if not path.exists():
-                raise StoreError(f"observable module {m} does not exist")
+                raise StoreError(f"observable module {m} does not exist", argument="modules")
             name = f"devarray_user_{path.stem}"
             spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(spec)
@@ -43,7 +45,7 @@ def _observe(path: str, step: int, *, names: list[str], probe_seed: int, modules
     if missing:
         import_modules(modules)
     store = RunStore.open(path, validate=False)
-    probe = obs.make_probe(build_task(store.config), probe_seed)
+    probe = setting_for(store.config).probe(store.config, probe_seed)
     ds = obs.compute(load_model(store, step), names, probe)
     storage.write(store, step, storage.values(ds, names))
     return {"step": step, "names": names}
@@ -52,20 +54,20 @@ def _observe(path: str, step: int, *, names: list[str], probe_seed: int, modules
 def run(path, names: list[str] | None = None, *, probe_seed: int = 0, modules: list[str] = (), steps=None,
         overwrite: bool = False, workers: int = 0, scheduler: str | None = None, threads: int | None = None,
         progress: bool = True) -> list[dict]:
-    """Compute ``names`` (default: every registered regression observable) where not yet done."""
+    """Compute ``names`` (default: every observable registered for the run's setting) where not
+    yet done, at every written checkpoint or at ``steps``."""
     modules = list(modules)
     import_modules(modules)
-    names = obs.names(task="regression") if names is None else list(names)
+    store = RunStore.open(path)
+    setting = setting_for(store.config)
+    names = obs.names(task=setting.observables) if names is None else list(names)
     unknown = [n for n in names if n not in obs.names()]
     if unknown:
-        raise StoreError(f"unknown observable {unknown[0]!r}; registered: {', '.join(obs.names())} "
-                         "(register your own with @devarray.observables.observable and pass --module FILE)")
-    store = RunStore.open(path)
-    available = store.done_steps("params")
-    if not len(available):
-        raise StoreError(f"{path} has no written checkpoint yet")
-    wanted = available if steps is None else np.intersect1d(available, np.asarray(steps))
-    probe = obs.make_probe(build_task(store.config), probe_seed)
+        raise StoreError(f"unknown observable {unknown[0]!r}; registered for this run: "
+                         f"{', '.join(obs.names(task=setting.observables))} (register your own with "
+                         "@devarray.observables.observable and pass --module FILE)", argument="names")
+    wanted = selected_steps(store, steps)
+    probe = setting.probe(store.config, probe_seed)
     fresh = [n for n in names if overwrite or not storage.allocated(store, n)]
     for n in names:
         if n not in fresh:

@@ -15,15 +15,45 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 
+import numpy as np
 import torch
+import xarray as xr
 from tqdm.auto import tqdm
+
+from devarray.errors import StoreError
+from devarray.store import RunStore
+
+
+def done(ds: xr.Dataset, flag: str = "done") -> xr.Dataset:
+    """The checkpoints of a group's dataset whose ``flag`` is set (readers trust ``done``)."""
+    return ds.isel(step=np.asarray(ds[flag].values, dtype=bool))
+
+
+def selected_steps(store: RunStore, steps=None) -> np.ndarray:
+    """The written checkpoints a pipeline should cover: all of them, or ``steps``, each of which
+    must be a written checkpoint (a step that is not is refused, never silently skipped)."""
+    available = store.done_steps("params")
+    if not len(available):
+        raise StoreError(f"{store.path} has no written checkpoint yet; train it first")
+    if steps is None:
+        return available
+    asked = np.unique(np.asarray(list(steps), dtype=np.int64))
+    missing = np.setdiff1d(asked, available)
+    if len(missing):
+        shown = ", ".join(map(str, missing[:5].tolist())) + ("…" if len(missing) > 5 else "")
+        raise StoreError(f"steps {shown} are not written checkpoints of {store.path} (checkpoints "
+                         f"{available[0]}…{available[-1]}; `devarray info {store.path}` lists them)", argument="steps")
+    return asked
+
+
+def pending_steps(store: RunStore, group: str, steps=None, flag: str = "done") -> np.ndarray:
+    """:func:`selected_steps` less those already done in ``group`` (so a rerun resumes)."""
+    return np.setdiff1d(selected_steps(store, steps), store.done_steps(group, flag))
 
 
 def prepare_group(store, group: str, coords: dict, attrs: dict, what: str, *, overwrite: bool) -> None:
     """Allocate ``group`` with its settings as attrs, or check that the stored one was made with
     the same settings: results made otherwise are never mixed in or replaced without ``overwrite``."""
-    from devarray.store import StoreError
-
     if store.has_group(group) and not overwrite:
         stored = {k: store.group(group).attrs.get(k) for k in attrs}
         if stored != attrs:
@@ -36,9 +66,14 @@ def prepare_group(store, group: str, coords: dict, attrs: dict, what: str, *, ov
 
 def _with_threads(task: Callable, threads: int | None) -> Callable:
     def run(*args, **kwargs):
-        if threads:
-            torch.set_num_threads(threads)
-        return task(*args, **kwargs)
+        if not threads:
+            return task(*args, **kwargs)
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return task(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)  # a task leaves the caller's thread count as it found it
 
     run.__name__ = getattr(task, "__name__", "task")
     return run

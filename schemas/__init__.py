@@ -1,19 +1,67 @@
-"""One YAML file per run-store group: dims, coords, variables, dtype, units, chunks.
+"""One YAML file per run-store group: dims, coords, variables, dtype, units, description.
 
-`devarray.store` creates groups from these specs and validates stores against them.
+The one source of every stored variable's metadata: :mod:`devarray.store` creates groups from
+these specs and validates stores against them, and the code that computes a group's variables
+takes their attrs from here (:func:`attrs`) and checks its in-memory results with
+:func:`validate`. A setting's ``eval`` group follows its own schema (``eval_lr``, ...).
 """
+
+from __future__ import annotations
 
 from functools import cache
 from importlib import resources
 
+import numpy as np
 import yaml
 
-GROUPS = ("train", "params", "optimizer", "eval", "observables", "llc", "hessian", "stages")
+SCHEMAS = ("train", "params", "optimizer", "eval_lr", "observables", "llc", "hessian", "stages")
+CF = ("long_name", "units", "description")
+
+
+class SchemaError(ValueError):
+    """A dataset does not follow its schema."""
 
 
 @cache
-def load(group: str) -> dict:
-    """The schema of one group, as a dict (see any YAML file here for the layout)."""
-    if group not in GROUPS:
-        raise KeyError(f"no schema for group {group!r}; known groups: {', '.join(GROUPS)}")
-    return yaml.safe_load(resources.files(__name__).joinpath(f"{group}.yaml").read_text())
+def load(name: str) -> dict:
+    """The schema ``name`` (see any YAML file here for the layout)."""
+    if name not in SCHEMAS:
+        raise KeyError(f"no schema {name!r}; known: {', '.join(SCHEMAS)}")
+    return yaml.safe_load(resources.files(__name__).joinpath(f"{name}.yaml").read_text())
+
+
+def attrs(schema: str, variable: str) -> dict[str, str]:
+    """The CF attributes (long_name, units, description) of a variable or coordinate of ``schema``."""
+    s = load(schema)
+    spec = s["variables"].get(variable) or s["coords"].get(variable)
+    if spec is None:
+        raise KeyError(f"schema {schema!r} has no variable {variable!r}")
+    return {k: spec[k] for k in CF if k in spec}
+
+
+def validate(ds, schema: str, *, per_checkpoint: bool = True) -> None:
+    """Check an in-memory xarray Dataset against ``schema``: every schema variable (but ``done``)
+    is present with the schema's dims — without the index dim when ``per_checkpoint`` (one
+    checkpoint's results) — a dtype of the same kind and the schema's CF attributes."""
+    s = load(schema)
+    index = s.get("index")
+    problems = []
+    for name, spec in s["variables"].items():
+        if name == "done" or name.startswith("done_"):
+            continue
+        if name not in ds.variables:
+            problems.append(f"{name} is missing")
+            continue
+        dims = tuple(spec["dims"])
+        if per_checkpoint and index and dims[:1] == (index,):
+            dims = dims[1:]
+        var = ds[name]
+        if tuple(var.dims) != dims:
+            problems.append(f"{name} has dims {var.dims}, schema says {dims}")
+        if np.dtype(var.dtype).kind != np.dtype(spec["dtype"]).kind:
+            problems.append(f"{name} has dtype {var.dtype}, schema says {spec['dtype']}")
+        for k in CF:
+            if k in spec and var.attrs.get(k) != spec[k]:
+                problems.append(f"{name}.{k} is {var.attrs.get(k)!r}, schema says {spec[k]!r}")
+    if problems:
+        raise SchemaError(f"dataset does not follow schema {schema!r}: " + "; ".join(problems))

@@ -12,8 +12,8 @@ def _torch_threads():
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory):
     """A finished tiny-preset training run, shared by read-only tests."""
-    from devarray.train import TrainConfig, train
+    from devarray.train import make_config, train
 
     path = tmp_path_factory.mktemp("stores") / "lr-tiny-s0.zarr"
-    train(path, TrainConfig.from_preset("tiny", seed=0), progress=False)
+    train(path, make_config("lr", "tiny", seed=0), progress=False)
     return path

@@ -145,7 +145,7 @@ def test_lanczos_stops_on_invariant_subspace():
 
 
 def test_dataset_matches_hessian_schema(mlp_case):
-    from schemas import load
+    from devarray.schemas import load
 
     model, batch, _ = mlp_case
     ds = hessian_stats(model, mse, batch, num_probes=4, top_k=3)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from devarray import observables as obs
+from devarray.observables.regression import make_probe
 from devarray.tasks.regression import RegressionTask, ridge_predict
 
 SIGMA2 = 0.125
@@ -37,7 +38,7 @@ def ridge(x, y):
 def test_zero_predictor_scores_and_analytic_ood_loss():
     """ŷ = 0: no prediction scale, and the OOD loss is E[y²]/g² = (D g_t g_x + σ²)/g² (eqs. 18–19)."""
     D = 2
-    probe = obs.make_probe(RegressionTask(D=D, K=3), seed=0, n=256, n_ood=4096, gains=[0.1, 1.0, 10.0])
+    probe = make_probe(RegressionTask(D=D, K=3), seed=0, n=256, n_ood=4096, gains=[0.1, 1.0, 10.0])
     ds = obs.compute(Predictor(zero), BEHAVIOUR, probe)
     assert ds.pred_sq.item() == 0 and (ds.pred_sq_k == 0).all()
     assert ds.task_prior_dist.item() == 0  # t̄ = 0 for M = ∞
@@ -56,7 +57,7 @@ def test_task_prior_predictor_has_zero_task_prior_distance():
     """For finite M, ŷ_k = t̄ᵀx_k is at distance 0 from the task prior and has scale E[(t̄ᵀx)²]."""
     task = RegressionTask(D=2, K=3, num_tasks=4, seed=1)
     t_bar = task.task_set().double().mean(0)
-    probe = obs.make_probe(task, seed=0, n=128, n_ood=4)
+    probe = make_probe(task, seed=0, n=128, n_ood=4)
     ds = obs.compute(Predictor(lambda x, y: x @ t_bar), ["task_prior_distance", "prediction_scale"], probe)
     assert ds.task_prior_dist.item() == pytest.approx(0, abs=1e-12)
     np.testing.assert_allclose(ds.task_prior_dist_k, 0, atol=1e-12)
@@ -70,7 +71,7 @@ def test_task_prior_predictor_has_zero_task_prior_distance():
 def test_ridge_predictor_icl_scores_match_its_loss_curve_and_closed_form():
     """Ridge with λ = σ² is the posterior mean: ℓ_1 = D + σ², ℓ_2 = σ² + D − 1 + E[σ²/(‖x‖² + σ²)]."""
     D, K = 2, 3
-    probe = obs.make_probe(RegressionTask(D=D, K=K), seed=0, n=20000, n_ood=4)
+    probe = make_probe(RegressionTask(D=D, K=K), seed=0, n=20000, n_ood=4)
     ds = obs.compute(Predictor(ridge), BEHAVIOUR, probe)
     np.testing.assert_array_equal(ds.ridge_gap_k, 0)
     np.testing.assert_array_equal(ds.loss_k, ds.ridge_loss_k)
@@ -90,7 +91,7 @@ def test_ridge_predictor_icl_scores_match_its_loss_curve_and_closed_form():
 def test_icl_scores_use_positions_1_D_and_K():
     """On a predictor with a prescribed loss curve ℓ_k = k², ICL_{1:D} = D² − 1, ICL_{D:K} = K² − D²."""
     D, K = 2, 4
-    probe = obs.make_probe(RegressionTask(D=D, K=K), seed=0, n=8, n_ood=2)
+    probe = make_probe(RegressionTask(D=D, K=K), seed=0, n=8, n_ood=2)
     k = torch.arange(1, K + 1, dtype=torch.float64)
     ds = obs.compute(Predictor(lambda x, y: y + k), ["icl_scores"], probe)  # (ŷ_k − y_k)² = k²
     assert ds.icl_1_D.item() == pytest.approx(D**2 - 1, rel=1e-12)
@@ -99,7 +100,7 @@ def test_icl_scores_use_positions_1_D_and_K():
 
 def test_ood_mean_abs_prediction_and_normalisation():
     """A predictor with ŷ = c has mean |ŷ| = c and normalised loss E[(c − y)²]/g² on every OOD set."""
-    probe = obs.make_probe(RegressionTask(D=2, K=3), seed=0, n=8, n_ood=32, gains=[0.5, 2.0])
+    probe = make_probe(RegressionTask(D=2, K=3), seed=0, n=8, n_ood=32, gains=[0.5, 2.0])
     ds = obs.compute(Predictor(lambda x, y: torch.full(x.shape[:2], -0.5, dtype=torch.float64)), ["ood"], probe)
     np.testing.assert_allclose(ds.ood_abs_pred, 0.5)
     expected = ((probe.ood_y.double() + 0.5) ** 2).mean((2, 3)).numpy() / np.array([0.25, 4.0])
@@ -112,7 +113,7 @@ def test_transformer_predictions_are_read_like_predict():
 
     torch.manual_seed(0)
     model = RegressionTransformer(RegressionConfig(D=2, K=3, L=1, H=2, d_embed=8, d_mlp=8))
-    probe = obs.make_probe(RegressionTask(D=2, K=3), seed=0, n=64, n_ood=4)
+    probe = make_probe(RegressionTask(D=2, K=3), seed=0, n=64, n_ood=4)
     ds = obs.compute(model, ["position_loss"], probe)
     with torch.no_grad():
         expected = ((model.predict(probe.tokens).double() - probe.y.double()) ** 2).mean(0)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from devarray.observables import make_probe
+from devarray.observables.regression import make_probe
 from devarray.tasks.regression import RegressionTask, ridge_predict, tokenize
 
 TASK = RegressionTask(D=2, K=3)

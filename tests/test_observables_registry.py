@@ -6,6 +6,7 @@ import torch
 import xarray as xr
 
 from devarray import observables as obs
+from devarray.observables.regression import make_probe
 from devarray.models.regression import RegressionConfig, RegressionTransformer
 from devarray.observables.registry import Registry, cached
 from devarray.tasks.regression import RegressionTask
@@ -174,7 +175,7 @@ def test_compute_runs_without_grad_in_eval_mode_and_shares_cache(reg, model):
 
 
 def test_probe_attrs_are_attached(model):
-    probe = obs.make_probe(RegressionTask(D=2, K=3), seed=3, n=16, n_ood=4)
+    probe = make_probe(RegressionTask(D=2, K=3), seed=3, n=16, n_ood=4)
     ds = obs.compute(model, "layernorm_collapse", probe)
     assert ds.attrs == {"probe_seed": 3, "probe_n": 16, "probe_n_ood": 4}
 
@@ -188,7 +189,7 @@ def test_regression_observables_are_registered_with_declared_dims():
 
 
 def test_compute_all_is_deterministic_and_train_time_path_identical(model):
-    probe = obs.make_probe(RegressionTask(D=2, K=3), seed=0, n=64, n_ood=8)
+    probe = make_probe(RegressionTask(D=2, K=3), seed=0, n=64, n_ood=8)
     full = obs.compute(model, None, probe)
     again = obs.compute(model, None, probe)
     xr.testing.assert_identical(full, again)

@@ -8,6 +8,7 @@ import torch
 import xarray as xr
 
 from devarray import observables as obs
+from devarray.observables.regression import make_probe
 from devarray.models.regression import RegressionConfig, RegressionTransformer
 from devarray.observables.regression.structure import query_positions, summarise_attention
 from devarray.tasks.regression import RegressionTask
@@ -19,7 +20,7 @@ ATTN = ["attn_entropy", "attn_variability", "attn_scores", "head_class"]
 
 @pytest.fixture(scope="module")
 def probe():
-    return obs.make_probe(RegressionTask(D=2, K=K), seed=0, n=64, n_ood=2)
+    return make_probe(RegressionTask(D=2, K=K), seed=0, n=64, n_ood=2)
 
 
 def hardwired(offsets):

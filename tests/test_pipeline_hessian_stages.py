@@ -5,11 +5,12 @@ import pytest
 import torch
 import xarray as xr
 
-from devarray.checkpoints import build_task, load_model
+from devarray.checkpoints import load_model
+from devarray.settings import setting_for
 from devarray.slt import sgld_settings
 from devarray.store import RunStore, StoreError
 from devarray.tasks.regression import mse_loss
-from pipelines import hessian, llc, stages
+from devarray.pipelines import hessian, llc, stages
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def test_hessian_pipeline_top_eigenvalue_matches_power_iteration(store):
     ds = RunStore.open(store).dataset("hessian").sel(step=100)
     st = RunStore.open(store)
     model = load_model(st, 100)
-    batch = build_task(st.config).dataset(64, "hessian")
+    x, y = setting_for(st.config).hessian_batch(st.config, 64)
     params = dict(model.named_parameters())
     names = list(params)
     flat = torch.cat([p.detach().reshape(-1) for p in params.values()]).double().requires_grad_()
@@ -36,7 +37,7 @@ def test_hessian_pipeline_top_eigenvalue_matches_power_iteration(store):
             k = params[n].numel()
             chunks[n] = w[i:i + k].view_as(params[n]).float()
             i += k
-        return mse_loss(_Bound(model, chunks), batch.x, batch.y)
+        return mse_loss(_Bound(model, chunks), x, y)
 
     class _Bound:
         def __init__(self, m, p):
@@ -72,8 +73,12 @@ def test_stages_pipeline_writes_group_and_table(store):
     llc.run(store, settings, dataset_size=256, progress=False, threads=1)
     ds = stages.run(store)
     stored = xr.open_zarr(store, group="stages")
-    assert {"llc_smooth", "llc_slope", "stage", "boundary_step", "test_loss_smooth", "weight_norm_slope"} <= set(stored)
-    np.testing.assert_allclose(stored.llc_smooth.values, ds.llc_smooth.values)
+    assert {"smooth", "slope", "slope_lo", "slope_hi", "stage", "boundary_step"} <= set(stored)
+    assert list(stored.curve.values) == ["llc_mean", "test_loss", "weight_norm"]  # the staged curve first
+    assert stored.smooth.dims == ("curve", "step") and stored.smooth.attrs["units"]
+    np.testing.assert_allclose(stored.smooth.values, ds.smooth.values)
+    # every stored step has a stage, from the boundaries of the LLC curve alone
+    assert (stored.stage.values == 1 + np.searchsorted(ds.boundary_step.values, stored.step.values, "right")).all()
     table = stages.table(store)
     assert "Δllc_mean" in table and "Δtest_loss" in table
     assert len(table.splitlines()) == stored.sizes["stage_id"] + 2

@@ -6,7 +6,7 @@ import pytest
 
 from devarray.slt import sgld_settings
 from devarray.store import RunStore, StoreError
-from pipelines import llc
+from devarray.pipelines import llc
 
 SETTINGS = sgld_settings(batch_size=32, num_chains=2, num_draws=12, num_burnin_steps=4,
                          epsilon=1e-3, beta_tilde=0.01, gamma_tilde=0.01)

@@ -8,9 +8,11 @@ import pytest
 import xarray as xr
 
 from devarray import observables as obs
-from devarray.checkpoints import build_task, load_model
+from devarray.observables.regression import make_probe
+from devarray.checkpoints import load_model
+from devarray.settings import setting_for
 from devarray.store import RunStore, StoreError
-from pipelines import observe
+from devarray.pipelines import observe
 
 
 def unembedding_bias_y(model, probe):
@@ -57,7 +59,7 @@ def test_train_time_values_equal_the_pipeline_values(store):
     """The training loop and the pipeline call the same registered function on the same probe."""
     st = RunStore.open(store)
     stored = st.dataset("observables")
-    probe = obs.make_probe(build_task(st.config), 0)
+    probe = make_probe(setting_for(st.config).task(st.config), 0)
     for step in (0, 56, 100):
         fresh = obs.compute(load_model(st, step), obs.names(train_time=True), probe)
         for v in fresh.data_vars:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from devarray.checkpoints import checkpoint_schedule
+from devarray.schedules import checkpoint_schedule
 from devarray.plots import COLD, WARM, finite_difference_slope, run_figure, save_png, stage_colors, stage_overlay
 from devarray.stages import find_stages
 

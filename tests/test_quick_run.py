@@ -11,9 +11,12 @@ import pytest
 import torch
 
 from devarray import stages as stages_module
-from devarray.slt.presets import PRESETS
-from devarray.train import TrainConfig, train
-from pipelines import llc, stages
+from devarray.settings.regression import LLC_PRESETS as PRESETS
+from devarray.pipelines import llc, stages
+from devarray.pipelines.runner import done
+from devarray.settings.regression import lr1_lr2_check
+from devarray.store import RunStore
+from devarray.train import make_config, train
 
 
 @pytest.mark.slow
@@ -28,11 +31,11 @@ def test_quick_run_first_boundary_is_lr1_to_lr2(tmp_path, monkeypatch):
 
 def _check_quick_run(tmp_path, monkeypatch):
     path = tmp_path / "lr-quick-s0.zarr"
-    train(path, TrainConfig.from_preset("quick", 0), progress=False)
+    train(path, make_config("lr", "quick", 0), progress=False)
     preset = PRESETS["quick"]
     llc.run(path, preset.settings(), dataset_size=preset.dataset_size, progress=False)
     stages.run(path)
-    check = stages.lr1_lr2_check(path)
+    check = _check(path)
     assert check["ok"], check
     # the paper's schedule puts it near 1k of 500k steps; this 6k-step schedule compresses LR1
     assert 50 <= check["boundary_step"] <= 400 and check["boundary_kind"] == "plateau"
@@ -42,4 +45,9 @@ def _check_quick_run(tmp_path, monkeypatch):
     # must say so
     monkeypatch.setattr(stages_module, "_leading_boundary", lambda *a, **k: None)
     stages.run(path)
-    assert not stages.lr1_lr2_check(path)["ok"]
+    assert not _check(path)["ok"]
+
+
+def _check(path) -> dict:
+    store = RunStore.open(path, mode="r")
+    return lr1_lr2_check(store.dataset("stages").load(), done(store.dataset("eval")).load())

@@ -8,7 +8,7 @@ import torch
 from devarray.models.regression import RegressionTransformer
 from devarray.slt import estimate_llc
 from devarray.tasks.regression import mse_loss
-from devarray.slt.presets import PRESETS
+from devarray.settings.regression import LLC_PRESETS as PRESETS
 from devarray.tasks.regression import RegressionTask
 
 

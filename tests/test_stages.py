@@ -12,7 +12,7 @@ import pytest
 import torch
 import xarray as xr
 
-from devarray.checkpoints import checkpoint_schedule
+from devarray.schedules import checkpoint_schedule
 from devarray.stages import StageOptions, find_stages, fit_gp, stage_table
 
 STEPS = checkpoint_schedule(500_000, 100, 100)

@@ -43,10 +43,10 @@ def test_every_variable_has_cf_attributes(tiny_store):
 def test_open_runs_concatenates_along_run_with_seed_coords(tmp_path, tiny_store):
     import shutil
 
-    from devarray.train import TrainConfig, train
+    from devarray.train import make_config, train
 
     shutil.copytree(tiny_store, tmp_path / "lr-s0.zarr")
-    train(tmp_path / "lr-s1.zarr", TrainConfig.from_preset("tiny", seed=1), progress=False)
+    train(tmp_path / "lr-s1.zarr", make_config("lr", "tiny", seed=1), progress=False)
     ds = open_runs(str(tmp_path / "lr-s*.zarr"), group="eval")
     assert ds.sizes["run"] == 2
     assert list(ds.seed.values) == [0, 1]

@@ -9,9 +9,11 @@ import pytest
 import torch
 import zarr
 
-from devarray.checkpoints import checkpoint_schedule, load_model
+from devarray.checkpoints import load_model
+from devarray.schedules import checkpoint_schedule
+from devarray.settings.regression import PRESETS, RegressionRun, Schedule, onecycle_lr
 from devarray.store import RunStore, StoreError
-from devarray.train import PRESETS, Schedule, TrainConfig, TrainingDiverged, onecycle_lr, train
+from devarray.train import TrainingDiverged, make_config, train
 
 TRAIN = [sys.executable, "-m", "devarray.cli", "train", "lr"]
 
@@ -39,7 +41,7 @@ def test_paper_schedule_has_190_checkpoints():
     assert len(steps) == 190
     assert steps[0] == 0 and steps[-1] == 500_000
     assert np.all(np.diff(steps) > 0)
-    assert len(TrainConfig.from_preset("paper").checkpoints()) == 190
+    assert len(make_config("lr", "paper").checkpoints()) == 190
 
 
 def test_onecycle_matches_pytorch_onecycle_linear():
@@ -56,7 +58,7 @@ def test_onecycle_matches_pytorch_onecycle_linear():
 
 def test_every_preset_uses_the_paper_architecture():
     for name in PRESETS:
-        assert TrainConfig.from_preset(name).to_dict()["model"] == TrainConfig().model.to_dict()
+        assert make_config("lr", name).to_dict()["model"] == RegressionRun().model.to_dict()
 
 
 def test_store_contents(tiny_store):
@@ -77,12 +79,12 @@ def test_store_contents(tiny_store):
 
 
 def test_same_seed_same_bytes(tmp_path, tiny_store):
-    train(tmp_path / "again.zarr", TrainConfig.from_preset("tiny", seed=0), progress=False)
+    train(tmp_path / "again.zarr", make_config("lr", "tiny", seed=0), progress=False)
     assert_same_bytes(tmp_path / "again.zarr", tiny_store)
 
 
 def test_other_seed_other_numbers(tmp_path, tiny_store):
-    train(tmp_path / "s1.zarr", TrainConfig.from_preset("tiny", seed=1), progress=False)
+    train(tmp_path / "s1.zarr", make_config("lr", "tiny", seed=1), progress=False)
     a = RunStore.open(tmp_path / "s1.zarr").read_params(0)["token_embedding.weight"]
     b = RunStore.open(tiny_store).read_params(0)["token_embedding.weight"]
     assert not np.array_equal(a, b)
@@ -123,19 +125,19 @@ def test_sigkill_then_resume_gives_identical_store(tmp_path, reference_cli_store
 
 
 def test_rerun_of_finished_store_is_a_no_op(tiny_store):
-    summary = train(tiny_store, TrainConfig.from_preset("tiny", seed=0), progress=False)
+    summary = train(tiny_store, make_config("lr", "tiny", seed=0), progress=False)
     assert summary["steps_run"] == 0
 
 
 def test_other_config_is_never_overwritten_without_flag(tmp_path, tiny_store):
     with pytest.raises(StoreError, match="different config"):
-        train(tiny_store, TrainConfig.from_preset("tiny", seed=1), progress=False)
+        train(tiny_store, make_config("lr", "tiny", seed=1), progress=False)
     assert RunStore.open(tiny_store).config["seed"] == 0
 
 
 def test_divergence_stops_with_message_and_keeps_checkpoints(tmp_path):
-    config = TrainConfig.from_preset("tiny", seed=0, lr=1e7)
-    with pytest.raises(TrainingDiverged, match="lower --lr") as err:
+    config = make_config("lr", "tiny", seed=0, lr=1e7)
+    with pytest.raises(TrainingDiverged, match="lower lr") as err:
         train(tmp_path / "nan.zarr", config, progress=False)
     store = RunStore.open(tmp_path / "nan.zarr")
     done = store.done_steps("params")

@@ -10,7 +10,7 @@ Attention has two forms with the same numbers up to float rounding (tested): the
 (``q @ k.T``, mask, softmax), which returns the attention pattern and runs under ``vmap`` (the
 batched SGLD path) and double backward (Hessians), and PyTorch's fused
 ``scaled_dot_product_attention``, used for first-derivative work when ``fused_attention`` is on
-and no pattern is asked for. :func:`attention_implementation` names what ran, so the LLC group
+and no pattern is asked for. ``devarray.models.attention.attention_implementation`` names what ran, so the LLC group
 can record it.
 """
 
@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from torch._C._functorch import is_functorch_wrapped_tensor
 from torch.nn import functional as F
+
+from .attention import sdpa_applies
 
 
 @dataclass(frozen=True)
@@ -74,19 +75,6 @@ class CausalSelfAttention(nn.Module):
         y = (attn @ v).transpose(1, 2).reshape(B, T, C)
         return self.out(y), attn
 
-
-def sdpa_applies(x: torch.Tensor) -> bool:
-    """SDPA serves eager calls; under torch.func transforms (vmap of the batched SGLD path, the
-    double backward of Hessians: SDPA's CPU kernels have no batching rule nor second derivative)
-    and under torch.compile (which fuses the explicit form itself) the explicit softmax runs."""
-    return not torch.compiler.is_compiling() and not is_functorch_wrapped_tensor(x)
-
-
-def attention_implementation(model: nn.Module, method: str, compile: bool = False) -> str:
-    """Which attention a first-derivative pass of ``model`` runs on SGLD path ``method``:
-    "sdpa" or "explicit" (recorded with every LLC estimate)."""
-    fused = bool(getattr(model, "fused_attention", False))
-    return "sdpa" if fused and method == "loop" and not compile else "explicit"
 
 
 class MLP(nn.Module):

@@ -1,13 +1,12 @@
 """Per-checkpoint observables: a registry of labelled measurements of a model on fixed probe data.
 
 >>> from devarray import observables as obs
->>> probe = obs.make_probe(task, seed=0)
->>> ds = obs.compute(model, obs.names(task="regression"), probe)   # one checkpoint -> xr.Dataset
+>>> probe = setting.probe(config, seed=0)          # a setting's fixed probe data (devarray.settings)
+>>> ds = obs.compute(model, obs.names(task=setting.observables), probe)   # one checkpoint -> xr.Dataset
 
 Register your own with :func:`observable`; see :mod:`devarray.observables.registry`.
 """
 
-from devarray.observables.probes import Probe, make_probe
 from devarray.observables.registry import (
     REGISTRY,
     ObservableSpec,
@@ -26,13 +25,11 @@ from devarray.observables import regression  # importing registers the regressio
 __all__ = [
     "REGISTRY",
     "ObservableSpec",
-    "Probe",
     "Registry",
     "VariableSpec",
     "cached",
     "compute",
     "get",
-    "make_probe",
     "names",
     "observable",
     "regression",

@@ -28,6 +28,8 @@ import torch
 import xarray as xr
 from torch import nn
 
+from devarray import schemas
+
 from .flat import FlatLoss
 
 HVP = Callable[[torch.Tensor], torch.Tensor]
@@ -116,20 +118,11 @@ def hessian_stats(
     ritz = lanczos_eigenvalues(hvp, dim, num_lanczos, torch.Generator().manual_seed(seed + 1), dtype)
     top = np.full(top_k, np.nan)  # fewer Ritz values than top_k when the Krylov space closes early
     top[: min(top_k, len(ritz))] = ritz[:top_k]
+    cf = lambda name: schemas.attrs("hessian", name)  # noqa: E731  (the one source of the metadata)
     return xr.Dataset(
-        {
-            "trace": ((), trace, {
-                "long_name": "Hessian trace", "units": "loss",
-                "description": "Hutchinson estimate of the trace of the Hessian of the loss (Rademacher probes)."}),
-            "trace_sem": ((), sem, {
-                "long_name": "Hessian trace standard error", "units": "loss",
-                "description": "Standard error of the Hutchinson estimate over probes."}),
-            "top_eigenvalues": ("eig", top, {
-                "long_name": "top Hessian eigenvalues", "units": "loss",
-                "description": "Largest eigenvalues of the Hessian (Lanczos Ritz values, full reorthogonalisation)."}),
-        },
-        coords={"eig": ("eig", np.arange(top_k), {
-            "long_name": "eigenvalue rank", "units": "1", "description": "Rank of the eigenvalue, 0 = largest."})},
+        {"trace": ((), trace, cf("trace")), "trace_sem": ((), sem, cf("trace_sem")),
+         "top_eigenvalues": ("eig", top, cf("top_eigenvalues"))},
+        coords={"eig": ("eig", np.arange(top_k), cf("eig"))},
         attrs={
             "description": "Curvature of the loss on a fixed batch (paper appendix B.5).",
             "num_probes": num_probes,

@@ -22,6 +22,8 @@ import torch
 import xarray as xr
 from torch import nn
 
+from devarray import schemas
+
 from .diagnostics import DRIFT_THRESHOLD, DRIFT_Z, MIN_ESS, chain_diagnostics, default_divergence_threshold, warn_unhealthy
 from .sgld import LossFn, SGLDSettings, check_dataset, run_chains, sgld_settings
 
@@ -67,8 +69,9 @@ _CHAIN = ("chain",)
 _CD = ("chain", "draw")
 
 
-def _var(dims, values, long_name, units, description):
-    return xr.Variable(dims, values, {"long_name": long_name, "units": units, "description": description})
+def _var(name: str, dims: tuple[str, ...], values) -> xr.Variable:
+    """A variable of the llc group, its CF attrs from schemas/llc.yaml (the one source)."""
+    return xr.Variable(dims, values, schemas.attrs("llc", name))
 
 
 def llc_dataset(
@@ -93,42 +96,22 @@ def llc_dataset(
     trace_mean = trace[ok].mean(axis=0) if ok.any() else np.full(loss.shape[1], np.nan)
     C, T = loss.shape
     data = {
-        "loss": _var(_CD, loss, "SGLD minibatch loss", "loss",
-                     "Minibatch loss ℓ_m(w_τ) of every kept SGLD draw, recycled into eq. (3) (A.2)."),
-        "llc_trace": _var(_CD, trace, "online LLC trace", "1",
-                          "Running LLC estimate of each chain after each draw (eqs. 9–12)."),
-        "llc_trace_mean": _var(("draw",), trace_mean, "online LLC trace, chain mean", "1",
-                               "Running LLC estimate averaged over non-divergent chains (A.4.4)."),
-        "init_loss": _var((), init, "loss at w*", "loss",
-                          "ℓ_n(w*) on the fixed evaluation set (attr init_loss_rows rows)."),
-        "llc_mean": _var((), mean, "LLC", "1",
-                         "Estimated local learning coefficient (eq. 3), mean over non-divergent chains."),
-        "llc_std": _var((), std, "LLC standard deviation", "1",
-                        "Standard deviation (ddof=0, as devinterp) of the per-chain estimates over non-divergent chains."),
-        "llc_per_chain": _var(_CHAIN, per_chain, "LLC per chain", "1", "Estimate of eq. (3) from each chain alone."),
-        "diverged": _var(_CHAIN, d["diverged"], "diverged", "1",
-                         "The chain hit a non-finite loss or an LLC increment nβ(ℓ_m − ℓ_n(w*)) above attr "
-                         "divergence_threshold, and was frozen there; excluded from llc_mean."),
-        "diverged_step": _var(_CHAIN, diverged_step.astype(np.int64), "divergence step", "steps",
-                              "SGLD step (burn-in included) at which the chain diverged; -1 if none."),
-        "not_converged": _var(_CHAIN, d["not_converged"], "not converged", "1",
-                              "The chain has fewer than attr min_ess effective draws, or its LLC trace is still "
-                              "drifting over the last part of the chain (|llc_drift| > attr drift_threshold and "
-                              "|llc_drift_z| > attr drift_z)."),
-        "llc_ess": _var(_CHAIN, d["llc_ess"], "effective draws", "1",
-                        "Draws over the integrated autocorrelation time of the chain's LLC increments."),
-        "escaped": _var(_CHAIN, d["escaped"], "escaped", "1",
-                        "The chain found loss below ℓ_n(w*): negative LLC, or a last quarter significantly below it."),
-        "llc_drift": _var(_CHAIN, d["llc_drift"], "LLC drift", "1",
-                          "Change of the mean LLC increment from the third to the last quarter of the draws, "
-                          "relative to the chain's LLC."),
-        "llc_drift_z": _var(_CHAIN, d["llc_drift_z"], "LLC drift z-score", "1",
-                            "The same change over its standard error from the autocorrelation time (Geweke-style)."),
+        "loss": _var("loss", _CD, loss),
+        "llc_trace": _var("llc_trace", _CD, trace),
+        "llc_trace_mean": _var("llc_trace_mean", ("draw",), trace_mean),
+        "init_loss": _var("init_loss", (), init),
+        "llc_mean": _var("llc_mean", (), mean),
+        "llc_std": _var("llc_std", (), std),
+        "llc_per_chain": _var("llc_per_chain", _CHAIN, per_chain),
+        "diverged": _var("diverged", _CHAIN, d["diverged"]),
+        "diverged_step": _var("diverged_step", _CHAIN, diverged_step.astype(np.int64)),
+        "not_converged": _var("not_converged", _CHAIN, d["not_converged"]),
+        "llc_ess": _var("llc_ess", _CHAIN, d["llc_ess"]),
+        "escaped": _var("escaped", _CHAIN, d["escaped"]),
+        "llc_drift": _var("llc_drift", _CHAIN, d["llc_drift"]),
+        "llc_drift_z": _var("llc_drift_z", _CHAIN, d["llc_drift_z"]),
     }
-    coords = {
-        "chain": _var(_CHAIN, np.arange(C), "SGLD chain", "1", "Index of an independent SGLD chain (ArviZ's name)."),
-        "draw": _var(("draw",), np.arange(T), "SGLD draw", "1", "SGLD step index after burn-in (ArviZ's name)."),
-    }
+    coords = {"chain": _var("chain", _CHAIN, np.arange(C)), "draw": _var("draw", ("draw",), np.arange(T))}
     attrs = settings.to_dict() | {
         "gamma": settings.localization,
         "num_steps": settings.num_steps,

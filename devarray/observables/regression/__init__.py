@@ -5,5 +5,6 @@ structural ones (D.2) in :mod:`.structure`.
 """
 
 from devarray.observables.regression import behaviour, structure
+from devarray.observables.regression.probes import Probe, make_probe
 
-__all__ = ["behaviour", "structure"]
+__all__ = ["Probe", "behaviour", "make_probe", "structure"]

@@ -1,6 +1,6 @@
 """Behavioural observables of the regression transformer (paper §7, appendix D.1).
 
-All are measured on the probe (:mod:`devarray.observables.probes`). Positions ``k`` are the
+All are measured on the probe (:mod:`devarray.observables.regression.probes`). Positions ``k`` are the
 paper's 1-based example indices: ``k = 1`` is the prediction of y_1 from x_1 alone. Losses are
 the squared error of eq. (2), averaged over the probe's contexts.
 """
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from devarray.observables.probes import OOD_KINDS, Probe, forward, ood_predictions
+from devarray.observables.regression.probes import OOD_KINDS, Probe, forward, ood_predictions
 from devarray.observables.registry import observable
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from devarray.observables.probes import Probe, forward
+from devarray.observables.regression.probes import Probe, forward
 from devarray.observables.registry import cached, observable
 
 QUERIES = ("x", "y")

@@ -1,19 +1,20 @@
 """Observables in the run store: allocation from a computed example, region writes, done flags.
 
+The observables package computes (model, probe) -> Dataset and knows no store; this module is
+the store side, used by the training loop and by ``pipelines/observe.py``.
+
 Each observable ``name`` owns its variables in the ``observables`` group plus a boolean
 ``done_<name>`` over ``step``; the probe's identity (seed, sizes) is stored in every variable's
-attrs, so a value is always traceable to the inputs it was measured on. Used by the training
-loop (train-time observables) and by ``pipelines/observe.py`` (everything else).
-"""
+attrs, so a value is always traceable to the inputs it was measured on. """
 
 from __future__ import annotations
 
 import numpy as np
 import xarray as xr
 
-from devarray.store import RunStore, StoreError, VarSpec
-
-from .registry import REGISTRY
+from .errors import StoreError
+from .observables.registry import REGISTRY
+from .store import RunStore, VarSpec
 
 GROUP = "observables"
 

@@ -1,0 +1,154 @@
+"""The setting protocol and its registry.
+
+A setting is registered under a short name (``"lr"``, ``"lm"``), the value of ``"setting"`` in
+every run config it writes; :func:`setting_for` maps a stored config back to it. Every method
+takes the run config as stored (a JSON dict), the single source of truth, so a pipeline worker
+rebuilds the same objects from the store alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+
+from devarray.errors import ConfigError
+from devarray.seeding import derive_seed
+
+
+class RunConfig(Protocol):
+    """What the trainer needs of a setting's run config (a dataclass of the setting)."""
+
+    setting: str
+    seed: int
+    preset: str
+
+    @property
+    def num_steps(self) -> int: ...
+
+    def checkpoints(self) -> np.ndarray: ...
+
+    def to_dict(self) -> dict: ...
+
+
+class Evaluator(Protocol):
+    """Evaluation of a checkpoint on the setting's fixed test set: what the ``eval`` group holds."""
+
+    coords: dict[str, np.ndarray]  # the eval group's dims besides ``step``
+    attrs: dict[str, Any]  # reference levels written as group attrs (e.g. the zero predictor's loss)
+
+    def __call__(self, model: nn.Module) -> dict[str, np.ndarray]: ...
+
+
+class Setting:
+    """Base class of the settings. Subclasses fill in every method that raises here."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    eval_schema: ClassVar[str]  # schemas/<eval_schema>.yaml describes the eval group
+    observables: ClassVar[str]  # the observable registry's task name for this setting
+    training_presets: ClassVar[Sequence[str]]
+    llc_presets: ClassVar[dict]  # name -> devarray.slt.LLCPreset
+    hessian_presets: ClassVar[dict]  # name -> keywords of devarray.slt.hessian.hessian_stats (+ batch_size)
+    loss_description: ClassVar[str]  # what ``loss`` computes, recorded with LLC and Hessian results
+    # training options the command line offers: Python argument -> {"flag", "type", "help"}
+    train_options: ClassVar[dict[str, dict]] = {}
+
+    # ---------------------------------------------------------------- configuration
+    def config(self, preset: str, seed: int = 0, **overrides) -> RunConfig:
+        """The run config of ``preset`` with ``overrides`` (None values ignored), validated."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- model
+    def build_model(self, config: dict) -> nn.Module:
+        raise NotImplementedError
+
+    def init_model(self, config: dict) -> nn.Module:
+        """The model at step 0, initialised from the run's seed without touching the caller's
+        global RNG state."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(config["seed"], "init"))
+            return self.build_model(config)
+
+    # ---------------------------------------------------------------- training
+    def optimizer(self, model: nn.Module, config: dict) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    def learning_rate(self, step: int, config: dict) -> float:
+        """The learning rate of optimiser step ``step`` (0-based): a pure function of the step, so
+        resuming needs no scheduler state."""
+        raise NotImplementedError
+
+    def train_batch(self, config: dict, step: int) -> tuple[torch.Tensor, ...]:
+        """The training batch of one step, a pure function of (seed, step)."""
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, *batch: torch.Tensor) -> torch.Tensor:
+        """The mean loss over a batch: the training objective, SGLD's ℓ_m and the Hessian's loss."""
+        raise NotImplementedError
+
+    def evaluator(self, config: dict) -> Evaluator:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- analysis data
+    def sgld_dataset(self, config: dict, n: int) -> tuple[torch.Tensor, ...]:
+        """The fixed SGLD dataset of n rows (A.4.2: the same at every checkpoint)."""
+        raise NotImplementedError
+
+    def hessian_batch(self, config: dict, m: int) -> tuple[torch.Tensor, ...]:
+        """The fixed batch of m rows the Hessian statistics are computed on (B.5)."""
+        raise NotImplementedError
+
+    def probe(self, config: dict, seed: int = 0) -> Any:
+        """The fixed probe data of the setting's observables (an object with ``attrs()``)."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- setting-specific checks
+    def stage_report(self, stages: xr.Dataset, evaluation: xr.Dataset) -> str | None:
+        """One line relating the found stages to what the paper says of this setting, or None."""
+        return None
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.title})"
+
+
+_SETTINGS: dict[str, Setting] = {}
+
+
+def register(setting: Setting) -> Setting:
+    """Register ``setting`` under ``setting.name`` (re-registering the same class is a no-op)."""
+    old = _SETTINGS.get(setting.name)
+    if old is not None and type(old) is not type(setting):
+        raise ValueError(f"setting {setting.name!r} is already registered by {type(old).__name__}")
+    _SETTINGS[setting.name] = setting
+    return setting
+
+
+def names() -> list[str]:
+    return sorted(_SETTINGS)
+
+
+def _known() -> str:
+    return ", ".join(s.describe() for s in _SETTINGS.values())
+
+
+def get(name: str) -> Setting:
+    """The setting registered as ``name``; a one-line error naming the known ones otherwise."""
+    if name not in _SETTINGS:
+        raise ConfigError(f"unknown setting {name!r}; choose one of: {_known()}", argument="setting")
+    return _SETTINGS[name]
+
+
+def setting_for(config: dict) -> Setting:
+    """The setting that wrote a run with this stored config."""
+    name = config.get("setting")
+    if name is None:
+        raise ConfigError("the run config names no setting; was it written by devarray?")
+    if name not in _SETTINGS:
+        raise ConfigError(f"the run was written by setting {name!r}, which this devarray does not know "
+                          f"(known: {_known()}); upgrade devarray or install the package that registers it")
+    return _SETTINGS[name]

@@ -1,0 +1,274 @@
+"""The in-context linear regression setting, ``"lr"`` (paper §3, appendices A.3.2, D, F.2).
+
+Training (Table 4, F.2.3): Adam without weight decay, a OneCycle learning-rate schedule with
+linear annealing (peak 0.003 at half the run), batch 256, MSE over all K positions; checkpoints
+at the union of linearly and logarithmically spaced steps. Presets change the schedule, never
+the model: ``tiny`` (tests, seconds), ``quick`` (minutes on a 2-core CPU, past LR1 → LR2),
+``paper`` (500k steps, 190 checkpoints).
+
+LLC presets: ``paper`` is appendix A.3.2 / Table 2 exactly — a fixed SGLD dataset of 2²⁰
+contexts, C = 10 chains of T_SGLD = 5,000 steps of which 1,000 are burn-in, ε = 0.0003,
+β̃ = εnβ/2 = 0.01 (nβ ≈ 66.7), γ̃ = εγ/2 = 0.01, m = 1,024. ``quick`` estimates the ~50
+checkpoints of a quick run in minutes on a 2-core CPU: 4 chains of 40 burn-in + 120 kept steps,
+m = 64 from 2¹³ contexts, ε = 0.003, β̃ = 0.023 (nβ ≈ 15.3, just under m/log m), γ̃ = 0.03. It was
+chosen on the 47 checkpoints of a quick run: larger ε diverged, smaller had not converged in 200
+steps, and a larger γ̃ pulled the estimates down (A.4.3 asks for the smallest γ that does not
+escape); with these settings every checkpoint came out finite, positive and unflagged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+
+from devarray.schedules import checkpoint_schedule
+from devarray.errors import ConfigError
+from devarray.models.regression import RegressionConfig, RegressionTransformer
+from devarray.observables.regression.probes import make_probe
+from devarray.slt.presets import LLCPreset
+from devarray.tasks.regression import RegressionTask, mse_loss, per_position_mse, ridge_predict
+
+from .base import Setting, register
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What a training preset changes: the length of the run and where checkpoints fall."""
+
+    num_steps: int
+    n_linear: int
+    n_log: int
+    batch_size: int = 256
+    lr: float = 0.003
+    pct_start: float = 0.5
+    n_test: int = 2048
+
+
+PRESETS: dict[str, Schedule] = {
+    "tiny": Schedule(num_steps=100, n_linear=10, n_log=10),
+    "quick": Schedule(num_steps=6000, n_linear=20, n_log=30),
+    "paper": Schedule(num_steps=500_000, n_linear=100, n_log=100),
+}
+
+LLC_PRESETS: dict[str, LLCPreset] = {
+    "paper": LLCPreset(dataset_size=2**20, batch_size=1024, num_chains=10, num_draws=4000, num_burnin_steps=1000,
+                       epsilon=3e-4, beta_tilde=0.01, gamma_tilde=0.01),
+    "quick": LLCPreset(dataset_size=2**13, batch_size=64, num_chains=4, num_draws=120, num_burnin_steps=40,
+                       epsilon=3e-3, beta_tilde=0.023, gamma_tilde=0.03),
+}
+
+# paper: B.5's PyHessian budget on m = 1,024; quick: enough for the demo's curve shape in seconds
+HESSIAN_PRESETS = {
+    "paper": {"batch_size": 1024, "num_probes": 100, "top_k": 5, "num_lanczos": 64},
+    "quick": {"batch_size": 256, "num_probes": 20, "top_k": 3, "num_lanczos": 24},
+}
+
+_POSITIVE = ("num_steps", "batch_size", "n_test", "n_linear", "n_log")
+
+
+@dataclass
+class RegressionRun:
+    """Everything that determines a regression run's numbers; stored as JSON in the root attrs."""
+
+    seed: int = 0
+    preset: str = "quick"
+    schedule: Schedule = field(default_factory=lambda: PRESETS["quick"])
+    model: RegressionConfig = field(default_factory=RegressionConfig)
+    num_tasks: int | None = None
+    noise_var: float = 0.125
+    setting: str = "lr"
+
+    @property
+    def num_steps(self) -> int:
+        return self.schedule.num_steps
+
+    @property
+    def task(self) -> RegressionTask:
+        return RegressionTask(D=self.model.D, K=self.model.K, noise_var=self.noise_var,
+                              num_tasks=self.num_tasks, seed=self.seed)
+
+    def checkpoints(self) -> np.ndarray:
+        s = self.schedule
+        return checkpoint_schedule(s.num_steps, s.n_linear, s.n_log)
+
+    def to_dict(self) -> dict:
+        return {
+            "setting": self.setting,
+            "seed": self.seed,
+            "preset": self.preset,
+            "schedule": asdict(self.schedule),
+            "model": self.model.to_dict(),
+            "task": self.task.to_dict(),
+            "optimizer": {"name": "Adam", "betas": [0.9, 0.999], "weight_decay": 0.0,
+                          "scheduler": "OneCycleLR", "anneal_strategy": "linear", "cycle_momentum": False},
+        }
+
+
+def onecycle_lr(step: int, schedule: Schedule, div_factor: float = 25.0, final_div_factor: float = 1e4) -> float:
+    """The learning rate of optimiser step ``step`` (0-based) under PyTorch's ``OneCycleLR`` with
+    ``anneal_strategy="linear"`` and its default factors: linear from max_lr/25 up to max_lr at
+    ``pct_start`` of the run, then linear down to max_lr/25/1e4 at the last step.
+
+    Momentum is not cycled: Adam keeps Table 4's betas (0.9, 0.999) throughout."""
+    initial = schedule.lr / div_factor
+    final = initial / final_div_factor
+    peak_step = float(schedule.pct_start * schedule.num_steps) - 1
+    last_step = schedule.num_steps - 1
+    if step <= peak_step:
+        return (schedule.lr - initial) * (step / peak_step) + initial
+    return (final - schedule.lr) * ((step - peak_step) / (last_step - peak_step)) + schedule.lr
+
+
+class RegressionEvaluator:
+    """Test loss per position on the fixed test set (N_test contexts from the 'test' stream)."""
+
+    def __init__(self, task: RegressionTask, n_test: int):
+        batch = task.dataset(n_test, "test")
+        self.tokens, self.y = batch.tokens, batch.y
+        x = batch.x
+        ridge = ridge_predict(x, self.y, task.noise_var)
+        self.coords = {"k": np.arange(1, task.K + 1)}
+        # the reference levels of LR1 (the zero predictor, D + σ² in expectation) and of perfect ICL
+        self.attrs = {"zero_predictor_loss": float((self.y**2).mean()),
+                      "ridge_loss": float(((ridge - self.y) ** 2).mean())}
+
+    @torch.no_grad()
+    def __call__(self, model) -> dict[str, np.ndarray]:
+        per_k = per_position_mse(model.predict(self.tokens), self.y)
+        norm = torch.sqrt(sum((p.double() ** 2).sum() for p in model.parameters()))
+        return {"test_loss": per_k.mean().numpy(), "test_loss_k": per_k.numpy(), "weight_norm": norm.float().numpy()}
+
+
+class RegressionSetting(Setting):
+    name = "lr"
+    title = "in-context linear regression"
+    eval_schema = "eval_lr"
+    observables = "regression"
+    training_presets = tuple(PRESETS)
+    llc_presets = LLC_PRESETS
+    hessian_presets = HESSIAN_PRESETS
+    loss_description = "mean squared error over all K positions (eq. 2)"
+    train_options = {
+        "num_steps": {"flag": "--steps", "type": int, "help": "override the preset's number of training steps"},
+        "lr": {"flag": "--lr", "type": float, "help": "override the peak learning rate"},
+        "batch_size": {"flag": "--batch-size", "type": int, "help": "override the batch size"},
+        "num_tasks": {"flag": "--num-tasks", "type": int, "help": "finite task set of size M (default M = ∞)"},
+    }
+
+    def config(self, preset: str = "quick", seed: int = 0, **overrides) -> RegressionRun:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}", argument="preset")
+        if seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {seed}", argument="seed")
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = set(given) - set(Schedule.__dataclass_fields__) - {"num_tasks"}
+        if unknown:
+            raise ConfigError(f"the regression setting has no option {sorted(unknown)[0]!r}", argument=sorted(unknown)[0])
+        sched = {k: v for k, v in given.items() if k in Schedule.__dataclass_fields__}
+        for k, v in sched.items():
+            if (k in _POSITIVE or k == "lr") and not v > 0:
+                raise ConfigError(f"{k} must be positive, got {v}", argument=k)
+        num_tasks = given.get("num_tasks")
+        if num_tasks is not None and num_tasks < 1:
+            raise ConfigError(f"num_tasks must be positive (omit it for M = ∞), got {num_tasks}", argument="num_tasks")
+        return RegressionRun(seed=seed, preset=preset, schedule=replace(PRESETS[preset], **sched), num_tasks=num_tasks)
+
+    @staticmethod
+    def task(config: dict) -> RegressionTask:
+        return RegressionTask(**config["task"])
+
+    @staticmethod
+    def schedule(config: dict) -> Schedule:
+        return Schedule(**config["schedule"])
+
+    def build_model(self, config: dict) -> RegressionTransformer:
+        return RegressionTransformer(RegressionConfig(**config["model"]))
+
+    def optimizer(self, model: nn.Module, config: dict) -> torch.optim.Adam:
+        return torch.optim.Adam(model.parameters(), lr=self.learning_rate(0, config), betas=(0.9, 0.999),
+                                weight_decay=0.0)
+
+    def learning_rate(self, step: int, config: dict) -> float:
+        return onecycle_lr(step, self.schedule(config))
+
+    def train_batch(self, config: dict, step: int) -> tuple[torch.Tensor, ...]:
+        batch = self.task(config).batch_for_step(step, config["schedule"]["batch_size"])
+        return batch.x, batch.y
+
+    def loss(self, model: nn.Module, *batch: torch.Tensor) -> torch.Tensor:
+        return mse_loss(model, *batch)
+
+    def evaluator(self, config: dict) -> RegressionEvaluator:
+        return RegressionEvaluator(self.task(config), config["schedule"]["n_test"])
+
+    def sgld_dataset(self, config: dict, n: int) -> tuple[torch.Tensor, ...]:
+        batch = self.task(config).dataset(n, "sgld")
+        return batch.x, batch.y
+
+    def hessian_batch(self, config: dict, m: int) -> tuple[torch.Tensor, ...]:
+        batch = self.task(config).dataset(m, "hessian")
+        return batch.x, batch.y
+
+    def probe(self, config: dict, seed: int = 0):
+        return make_probe(self.task(config), seed)
+
+    def probe_context(self, config: dict, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
+        """One probe context and a label per token (x₁, y₁, x₂, …), for attention views."""
+        p = make_probe(self.task(config), seed, n=1, n_ood=1)
+        K = p.x.shape[1]
+        return p.tokens, [f"{c}{k}" for k in range(1, K + 1) for c in "xy"]
+
+    def stage_report(self, stages: xr.Dataset, evaluation: xr.Dataset) -> str | None:
+        return lr1_lr2_report(lr1_lr2_check(stages, evaluation))
+
+
+def lr1_lr2_check(stages: xr.Dataset, evaluation: xr.Dataset) -> dict:
+    """Is the first boundary the paper's LR1 → LR2 (§5.1): the end of the context-free stage?
+
+    There the test loss has come down to the zero predictor's (D + σ², on the stored test set:
+    ``eval`` attr ``zero_predictor_loss``) and is about to fall below it as the model starts to use
+    the context. Criteria: the test loss at the boundary within 5 % of the zero predictor's, never
+    below 95 % of it up to the boundary, and below 95 % of it before the second boundary (or the
+    end), falling to under 80 % of it by the end of the run. ``evaluation`` holds the done
+    checkpoints of the eval group. Returns the figures and ``ok``.
+    """
+    zero = float(evaluation.attrs["zero_predictor_loss"])
+    out = {"zero_predictor_loss": zero, "ok": False}
+    if not stages.sizes.get("boundary", 0):
+        return out
+    b = int(stages.boundary_step[0])
+    end = int(stages.boundary_step[1]) if stages.sizes["boundary"] > 1 else int(evaluation.step[-1])
+    loss = evaluation.test_loss
+    below = loss.step[loss < 0.95 * zero]
+    out |= {
+        "boundary_step": b,
+        "boundary_kind": str(stages.boundary_kind.values[0]),
+        "loss_at_boundary": float(loss.sel(step=b, method="nearest")),
+        "min_loss_before": float(loss.sel(step=slice(None, b)).min()),
+        "first_step_below": int(below[0]) if below.size else None,
+        "final_loss": float(loss[-1]),
+    }
+    out["ok"] = (
+        abs(out["loss_at_boundary"] - zero) <= 0.05 * zero
+        and out["min_loss_before"] >= 0.95 * zero
+        and out["first_step_below"] is not None and b < out["first_step_below"] <= end
+        and out["final_loss"] < 0.8 * zero
+    )
+    return out
+
+
+def lr1_lr2_report(c: dict) -> str:
+    """One line: where the first boundary falls relative to the LR1 → LR2 transition."""
+    if "boundary_step" not in c:
+        return "no stage boundary found on this LLC curve"
+    verdict = "the end of LR1 (LR1 -> LR2)" if c["ok"] else "NOT the LR1 -> LR2 transition"
+    return (f"first boundary at step {c['boundary_step']} ({c['boundary_kind']}) is {verdict}: test loss "
+            f"{c['loss_at_boundary']:.3f} there, zero predictor {c['zero_predictor_loss']:.3f}; below 95% of it "
+            f"from step {c['first_step_below']}, {c['final_loss']:.3f} at the end")
+
+
+register(RegressionSetting())
