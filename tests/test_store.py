@@ -108,5 +108,5 @@ def test_dynamic_groups_take_new_variables_and_protect_existing(tmp_path):
     with pytest.raises(StoreError, match="--overwrite"):
         store.add_variables("observables", {"x": spec})
     with pytest.raises(StoreError, match="fixed schema"):
-        store.add_variables("eval", {"x": spec})
+        store.add_variables("hessian", {"x": spec})
     assert xr.open_zarr(tmp_path / "a.zarr", group="observables").x.dims == ("step", "g")
