@@ -107,6 +107,26 @@ class Setting:
         """The fixed probe data of the setting's observables (an object with ``attrs()``)."""
         raise NotImplementedError
 
+    def probe_context(self, config: dict, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
+        """One probe input (a batch of one) and a label per token position, for attention views."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def attention(self, model: nn.Module, config: dict, seed: int = 0) -> xr.DataArray:
+        """The attention pattern of every head on the probe context, dims (layer, head, query,
+        key) — named query_pos and key_pos — with the token labels as coordinates; the model must accept ``return_attention``."""
+        tokens, labels = self.probe_context(config, seed)
+        was_training = model.training
+        model.eval()
+        _, patterns = model(tokens, return_attention=True)
+        model.train(was_training)
+        a = torch.stack([p[0] for p in patterns]).double().numpy()  # (layer, head, query, key)
+        return xr.DataArray(a, dims=("layer", "head", "query_pos", "key_pos"),
+                            coords={"layer": np.arange(a.shape[0]), "head": np.arange(a.shape[1]),
+                                    "query_pos": labels, "key_pos": labels},
+                            attrs={"long_name": "attention weight", "units": "1",
+                                   "description": "Softmax attention of each query position on each key position."})
+
     # ---------------------------------------------------------------- setting-specific checks
     def stage_report(self, stages: xr.Dataset, evaluation: xr.Dataset) -> str | None:
         """One line relating the found stages to what the paper says of this setting, or None."""
