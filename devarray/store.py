@@ -237,7 +237,10 @@ class RunStore:
                 if not np.array_equal(g[cname][:], np.asarray(values)):
                     raise StoreError(f"coordinate {cname!r} of {name!r} differs from the stored one")
             else:
-                self._create_coord(g, cname, np.asarray(values), {})
+                known = schema["coords"].get(cname) or {
+                    "long_name": cname.replace("_", " "), "units": "1",
+                    "description": f"Label along the {cname!r} dimension of a user observable."}
+                self._create_coord(g, cname, np.asarray(values), {k: v for k, v in known.items() if k != "dtype"})
         for vname in variables:
             if vname in g:
                 if not overwrite:

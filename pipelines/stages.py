@@ -85,6 +85,6 @@ def table(path) -> str:
 
 
 def report(path) -> str | None:
-    """The setting's own reading of the stages (e.g. the regression setting's LR1 → LR2 check)."""
+    """The setting's own reading of the stages (e.g. whether the first boundary is the paper's LR1 → LR2)."""
     store = RunStore.open(path, mode="r")
     return setting_for(store.config).stage_report(store.dataset(GROUP).load(), done(store.dataset("eval")).load())
