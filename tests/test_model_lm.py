@@ -207,7 +207,9 @@ def test_export_config_and_refusal_of_other_architectures():
     back = from_transformer_lens(kwargs, state)
     assert back.cfg == AttentionOnlyConfig(**{**SMALL.to_dict(), "init_std": SMALL.weight_std})
     assert torch.equal(back(tokens()), model(tokens()))
-    others = [("positional_embedding_type", "standard"), ("attn_only", False), ("normalization_type", "LNPre")]
+    assert torch.equal(from_transformer_lens({**kwargs, "attn_scale": -1.0}, state)(tokens()), model(tokens()))
+    others = [("positional_embedding_type", "standard"), ("attn_only", False), ("normalization_type", "LNPre"),
+              ("attn_scale", 3.0), ("use_attn_scale", False), ("attention_dir", "bidirectional")]
     for key, value in others:
         with pytest.raises(ValueError, match=key):
             from_transformer_lens({**kwargs, key: value}, state)

@@ -251,18 +251,25 @@ class AttentionOnlyTransformer(nn.Module):
 # (n_ctx x n_ctx before 3.x, empty and built per call since) and IGNORE (-inf).
 _TL_BUFFERS = ("mask", "IGNORE")
 
-# HookedTransformerConfig fields whose values this model hard-wires, with the value it needs.
+# HookedTransformerConfig fields that change the computation without adding parameters, with
+# the value this model hard-wires (anything that adds parameters fails the strict load).
 _TL_REQUIRED = {
     "attn_only": True,
     "positional_embedding_type": "shortformer",
     "normalization_type": "LN",
+    "attention_dir": "causal",
     "use_attn_scale": True,
     "scale_attn_by_inverse_layer_idx": False,
+    "use_local_attn": False,
+    "use_logn_attn": False,
+    "clip_qkv": None,
     "final_rms": False,
     "parallel_attn_mlp": False,
     "use_normalization_before_and_after": False,
     "n_key_value_heads": None,
 }
+# TransformerLens's defaults where they differ from the above, for configs given as kwargs.
+_TL_DEFAULTS = {"attn_only": False, "positional_embedding_type": "standard"}
 
 
 def to_transformer_lens(model: AttentionOnlyTransformer) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -312,16 +319,18 @@ def from_transformer_lens(cfg_or_model, state_dict: dict[str, torch.Tensor] | No
         raise ValueError("a TransformerLens config needs a state_dict")
     get = cfg_or_model.get if isinstance(cfg_or_model, dict) else lambda k, d=None: getattr(cfg_or_model, k, d)
 
-    defaults = {"use_attn_scale": True, "scale_attn_by_inverse_layer_idx": False, "final_rms": False,
-                "parallel_attn_mlp": False, "use_normalization_before_and_after": False}
     for key, want in _TL_REQUIRED.items():
-        if get(key, defaults.get(key)) != want:
-            raise ValueError(f"TransformerLens config has {key}={get(key, defaults.get(key))!r}; need {want!r}")
+        have = get(key, _TL_DEFAULTS.get(key, want))
+        if have != want:
+            raise ValueError(f"TransformerLens config has {key}={have!r}; this model needs {want!r}")
+    for key in ("attn_scores_soft_cap", "output_logits_soft_cap"):
+        if (get(key, -1.0) or -1.0) > 0:
+            raise ValueError(f"TransformerLens config sets {key}; this model has no soft cap")
     d_vocab_out = get("d_vocab_out", -1)
     if d_vocab_out not in (-1, None, get("d_vocab")):
         raise ValueError(f"d_vocab_out={d_vocab_out} differs from d_vocab={get('d_vocab')}")
-    attn_scale = get("attn_scale", None)
-    if attn_scale is not None and not math.isclose(attn_scale, math.sqrt(get("d_head"))):
+    attn_scale = get("attn_scale", -1.0)  # negative: unset, TransformerLens then uses sqrt(d_head)
+    if attn_scale is not None and attn_scale > 0 and not math.isclose(attn_scale, math.sqrt(get("d_head"))):
         raise ValueError(f"attn_scale={attn_scale} is not sqrt(d_head)")
 
     init = get("initializer_range", -1.0)
