@@ -88,8 +88,9 @@ def _cmd_demo(args) -> None:
     path = Path(args.out_dir) / f"{setting.name}-{args.preset}-s{args.seed}.zarr"
     compute = dict(workers=args.workers, progress=not args.quiet)
     print(f"[1/5] training the {setting.title} model ({args.preset} preset) into {path}")
-    print(format_summary(train(path, setting.config(args.preset, args.seed), progress=not args.quiet)))
-    preset = setting.llc_presets["quick"]
+    config = setting.config(args.preset, args.seed)
+    print(format_summary(train(path, config, progress=not args.quiet)))
+    preset = setting.llc_presets_for(config.to_dict())["quick"]
     print(f"[2/5] LLC at every checkpoint ({preset.num_chains} chains x "
           f"{preset.num_burnin_steps + preset.num_draws} SGLD steps each)")
     results = llc.run(path, preset.settings(), dataset_size=preset.dataset_size, **compute)
@@ -182,17 +183,18 @@ def _steps(text: str | None) -> list[int] | None:
         raise StoreError(f"--steps takes comma-separated integers, got {text!r}") from None
 
 
-def _llc_preset(setting, name: str):
-    if name not in setting.llc_presets:
+def _llc_preset(setting, config: dict, name: str):
+    presets = setting.llc_presets_for(config)
+    if name not in presets:
         raise ConfigError(f"unknown LLC preset {name!r} for the {setting.title} setting; choose one of "
-                          f"{', '.join(setting.llc_presets)}", argument="preset")
-    return setting.llc_presets[name]
+                          f"{', '.join(presets)}", argument="preset")
+    return presets[name]
 
 
-def _llc_settings(args, setting):
+def _llc_settings(args, setting, config: dict):
     from .slt import sgld_settings
 
-    preset = _llc_preset(setting, args.preset)
+    preset = _llc_preset(setting, config, args.preset)
     given = {k: getattr(args, k) for k in ("num_chains", "num_draws", "num_burnin_steps", "batch_size", "epsilon",
                                            "nbeta", "beta_tilde", "localization", "gamma_tilde")
              if getattr(args, k) is not None}
@@ -218,7 +220,8 @@ def _cmd_llc(args) -> None:
     from .settings import setting_for
 
     for path in args.stores:
-        settings, n = _llc_settings(args, setting_for(RunStore.open(path, mode="r").config))
+        config = RunStore.open(path, mode="r").config
+        settings, n = _llc_settings(args, setting_for(config), config)
         print(f"LLC: {settings.num_chains} chains x {settings.num_steps} steps ({settings.num_burnin_steps} burn-in), "
               f"eps={settings.epsilon:g} beta~={settings.beta_tilde:g} (nbeta={settings.nbeta:.4g}) "
               f"gamma~={settings.gamma_tilde:g}, m={settings.batch_size}, n={n}")
@@ -245,7 +248,7 @@ def _cmd_calibrate(args) -> None:
 
     store = RunStore.open(args.store, mode="r")
     setting = setting_for(store.config)
-    preset = _llc_preset(setting, args.preset)
+    preset = _llc_preset(setting, store.config, args.preset)
     if args.step is None:
         args.step = int(store.done_steps("params")[-1])
     model = load_model(store, args.step)

@@ -96,8 +96,10 @@ def train(
     while training goes on (data first, done flags after, in order, so a kill at any moment
     leaves a consistent store). ``write=False`` runs the identical loop, evaluation included,
     with no store at all: the throughput baseline of ``benchmarks/train_throughput.py``."""
+    setting = setting_for(config.to_dict())
+    if write:
+        config = setting.prepare(config, path)
     cfg = config.to_dict()
-    setting = setting_for(cfg)
     num_steps = config.num_steps
     checkpoints = config.checkpoints()
     model = setting.init_model(cfg)

@@ -14,7 +14,7 @@ from importlib import resources
 import numpy as np
 import yaml
 
-SCHEMAS = ("train", "params", "optimizer", "eval_lr", "observables", "llc", "hessian", "stages")
+SCHEMAS = ("train", "params", "optimizer", "eval_lr", "eval_lm", "observables", "llc", "hessian", "stages")
 CF = ("long_name", "units", "description")
 
 

@@ -31,8 +31,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from torch._C._functorch import is_functorch_wrapped_tensor
 from torch.nn import functional as F
+
+from .attention import sdpa_applies
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class Attention(nn.Module):
         q = torch.einsum("btd,hde->bhte", qk_in, self.W_Q) + self.b_Q[:, None]
         k = torch.einsum("btd,hde->bhte", qk_in, self.W_K) + self.b_K[:, None]
         v = torch.einsum("btd,hde->bhte", v_in, self.W_V) + self.b_V[:, None]
-        if self.fused and not need_weights and not is_functorch_wrapped_tensor(q):
+        if self.fused and not need_weights and sdpa_applies(q):
             z, pattern = F.scaled_dot_product_attention(q, k, v, is_causal=True), None
         else:
             T = q.shape[-2]

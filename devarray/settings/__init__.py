@@ -12,6 +12,6 @@ new setting touches none of them.
 """
 
 from devarray.settings.base import Evaluator, RunConfig, Setting, get, names, register, setting_for
-from devarray.settings import regression  # noqa: E402,F401  (importing registers "lr")
+from devarray.settings import language, regression  # noqa: E402,F401  (importing registers "lm" and "lr")
 
 __all__ = ["Evaluator", "RunConfig", "Setting", "get", "names", "register", "setting_for"]

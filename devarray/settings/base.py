@@ -63,6 +63,15 @@ class Setting:
         """The run config of ``preset`` with ``overrides`` (None values ignored), validated."""
         raise NotImplementedError
 
+    def prepare(self, config: RunConfig, store_path) -> RunConfig:
+        """Make what the run's data need before training (e.g. tokenise a corpus beside the store)
+        and return the final config; by default nothing to do."""
+        return config
+
+    def llc_presets_for(self, config: dict) -> dict:
+        """The LLC presets for this run (they may depend on the model, e.g. its depth)."""
+        return self.llc_presets
+
     # ---------------------------------------------------------------- model
     def build_model(self, config: dict) -> nn.Module:
         raise NotImplementedError

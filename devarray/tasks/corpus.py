@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from devarray.tasks.regression import generator
+from devarray.seeding import generator
 from devarray.tasks.synthetic_language import TokenSource
 
 __all__ = [

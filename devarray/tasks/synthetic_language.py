@@ -60,7 +60,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from devarray.tasks.regression import generator
+from devarray.seeding import generator
 
 BOS_ID = 0
 

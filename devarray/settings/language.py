@@ -1,0 +1,400 @@
+"""The language-model setting, ``"lm"`` (paper §3, §6, appendices A.3.1, E, F.1).
+
+Model: the attention-only transformer of F.1.1 (``devarray.models.AttentionOnlyTransformer``),
+one or two layers (``--layers``). Training (Table 3): AdamW, lr 0.001, weight decay 0.05, betas
+(0.9, 0.999), batch 100, no schedule; per-token cross entropy averaged over positions (eq. 1).
+
+Data: by default the package's seeded synthetic language (``devarray.tasks.synthetic_language``:
+bigrams, words, a skip-bigram and repeated spans, so each of the paper's stages has something to
+learn, offline); or a real corpus (``--corpus`` a hub dataset name or local text / JSON lines /
+parquet files, ``--tokenizer`` a ``tokenizer.json`` or a BPE tokenizer trained on the corpus),
+tokenised once into ``<store>.corpus/`` beside the run, whose tokenizer hash is in the config.
+
+Presets:
+- ``tiny``: seconds, for tests.
+- ``quick``: d_model 64, 4 heads of 16, context 128, vocabulary 256 of the synthetic language,
+  the positional embedding initialised with std 1 (without it a small model formed no induction
+  head in minutes of training); long enough to pass the bigram, n-gram and induction stages in
+  minutes on a 2-core CPU.
+- ``paper``: Table 3 exactly (vocabulary 5,000, context 1,024, d_model 256, 8 heads of 32,
+  50,000 steps of batch 100) with checkpoints every 100 steps plus log-spaced early ones.
+
+LLC presets (A.3.1): ``paper`` is C = 20 chains of T = 200 steps (no burn-in, one draw per
+step) on batches of m = 100, ε = 0.001 and γ = 100 for two layers (ε = 0.003, γ = 300 for one),
+at nβ = m / log m as the text says (β = 1/log m per token). Table 1's β̃ = 0.0000217 does not
+match the text's settings (ε nβ / 2 = 0.011); we follow the text. ``quick`` keeps ε and γ and
+takes 8 chains of 40 + 120 steps at m = 32 so a quick run's checkpoints take minutes here.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+from torch.nn import functional as F
+
+from devarray.errors import ConfigError
+from devarray.models.attention_only import AttentionOnlyConfig, AttentionOnlyTransformer
+from devarray.schedules import checkpoint_schedule
+from devarray.slt.presets import LLCPreset
+from devarray.tasks.synthetic_language import LanguageConfig, SyntheticLanguage, TokenSource
+
+from .base import Setting, register
+
+
+@dataclass(frozen=True)
+class LMSchedule:
+    """What a training preset changes besides the model: length, checkpoints, optimiser."""
+
+    num_steps: int
+    n_linear: int
+    n_log: int
+    batch_size: int = 100
+    lr: float = 0.001
+    weight_decay: float = 0.05
+    n_test: int = 512
+
+
+@dataclass(frozen=True)
+class LMPreset:
+    schedule: LMSchedule
+    model: AttentionOnlyConfig
+    language: LanguageConfig
+
+
+def _model(**kw) -> AttentionOnlyConfig:
+    return AttentionOnlyConfig(**kw)
+
+
+PRESETS: dict[str, LMPreset] = {
+    "tiny": LMPreset(LMSchedule(num_steps=60, n_linear=6, n_log=8, batch_size=16, n_test=64),
+                     _model(d_vocab=64, n_ctx=32, d_model=32, n_heads=4, d_head=8, pos_init_std=1.0),
+                     LanguageConfig(vocab_size=64, n_ctx=32, n_words=8, successors=6, phrase_length=4)),
+    "quick": LMPreset(LMSchedule(num_steps=8000, n_linear=40, n_log=30, batch_size=32, n_test=256),
+                      _model(d_vocab=256, n_ctx=128, d_model=64, n_heads=4, d_head=16, pos_init_std=1.0),
+                      LanguageConfig(vocab_size=256, n_ctx=128, n_words=32)),
+    "paper": LMPreset(LMSchedule(num_steps=50_000, n_linear=501, n_log=100),
+                      _model(), LanguageConfig(vocab_size=5000, n_ctx=1024)),
+}
+
+_M = 100  # A.3.1's SGLD batch
+LLC_PRESETS = {
+    2: {
+        "paper": LLCPreset(dataset_size=100_000, batch_size=_M, num_chains=20, num_draws=200, num_burnin_steps=0,
+                           epsilon=1e-3, beta_tilde=1e-3 * _M / np.log(_M) / 2, gamma_tilde=1e-3 * 100 / 2),
+        "quick": LLCPreset(dataset_size=4096, batch_size=32, num_chains=8, num_draws=120, num_burnin_steps=40,
+                           epsilon=1e-3, beta_tilde=1e-3 * 32 / np.log(32) / 2, gamma_tilde=1e-3 * 100 / 2),
+    },
+    1: {
+        "paper": LLCPreset(dataset_size=100_000, batch_size=_M, num_chains=20, num_draws=200, num_burnin_steps=0,
+                           epsilon=3e-3, beta_tilde=3e-3 * _M / np.log(_M) / 2, gamma_tilde=3e-3 * 300 / 2),
+        "quick": LLCPreset(dataset_size=4096, batch_size=32, num_chains=8, num_draws=120, num_burnin_steps=40,
+                           epsilon=3e-3, beta_tilde=3e-3 * 32 / np.log(32) / 2, gamma_tilde=3e-3 * 300 / 2),
+    },
+}
+
+HESSIAN_PRESETS = {
+    "paper": {"batch_size": 100, "num_probes": 100, "top_k": 5, "num_lanczos": 64},
+    "quick": {"batch_size": 64, "num_probes": 20, "top_k": 3, "num_lanczos": 24},
+}
+
+_POSITIVE = ("num_steps", "batch_size", "n_test", "n_linear", "n_log")
+
+
+@dataclass
+class LanguageRun:
+    """Everything that determines a language-model run's numbers; stored as JSON in the root attrs."""
+
+    seed: int = 0
+    preset: str = "quick"
+    schedule: LMSchedule = field(default_factory=lambda: PRESETS["quick"].schedule)
+    model: AttentionOnlyConfig = field(default_factory=lambda: PRESETS["quick"].model)
+    data: dict = field(default_factory=lambda: {"source": "synthetic", **PRESETS["quick"].language.to_dict()})
+    setting: str = "lm"
+
+    @property
+    def num_steps(self) -> int:
+        return self.schedule.num_steps
+
+    def checkpoints(self) -> np.ndarray:
+        s = self.schedule
+        return checkpoint_schedule(s.num_steps, s.n_linear, s.n_log)
+
+    def to_dict(self) -> dict:
+        return {
+            "setting": self.setting,
+            "seed": self.seed,
+            "preset": self.preset,
+            "schedule": asdict(self.schedule),
+            "model": self.model.to_dict(),
+            "data": self.data,
+            "optimizer": {"name": "AdamW", "betas": [0.9, 0.999], "weight_decay": self.schedule.weight_decay,
+                          "scheduler": None},
+        }
+
+
+@functools.lru_cache(maxsize=4)
+def _source(data_json: str, seed: int) -> TokenSource:
+    """The run's token source, built once per process (the language's exact tables, a corpus's
+    memory-mapped contexts)."""
+    data = json.loads(data_json)
+    if data["source"] == "synthetic":
+        cfg = {k: v for k, v in data.items() if k != "source"}
+        return SyntheticLanguage(LanguageConfig(**{**cfg, "seed": seed}))
+    from devarray.tasks.corpus import CorpusSource, tokenizer_hash
+
+    if not Path(data["contexts"], "corpus.json").exists():
+        raise ConfigError(f"the run's tokenised corpus {data['contexts']} is missing; train again with the same "
+                          "--corpus to rebuild it")
+    source = CorpusSource.load(data["contexts"])
+    if tokenizer_hash(source.tokenizer) != data["tokenizer_sha256"]:
+        raise ConfigError(f"{data['contexts']} holds other tokens than this run was trained on (tokenizer hash)")
+    return source
+
+
+def token_source(config: dict) -> TokenSource:
+    return _source(json.dumps(config["data"], sort_keys=True), config["seed"])
+
+
+def fixed(config: dict, n: int, stream: str) -> torch.Tensor:
+    """n fixed contexts of a named stream. The synthetic language draws any stream; a corpus has
+    its held-out slices: 'test' (also the probes) and 'sgld' (also the Hessian batch, A.3.1)."""
+    source = token_source(config)
+    if not isinstance(source, SyntheticLanguage):
+        stream = "sgld" if stream in ("sgld", "hessian") else "test"
+    return source.dataset(n, stream)
+
+
+def build_corpus(corpus: str, tokenizer: str | None, vocab_size: int, n_ctx: int, out: Path, seed: int) -> dict:
+    """Tokenise a corpus into fixed-length contexts under ``out`` (train 90 %, SGLD 5 %, test 5 %
+    of its rows, in the paper's order), training a BPE tokenizer of ``vocab_size`` on the
+    training rows when none is given; returns the run's data config."""
+    from devarray.tasks.corpus import (CorpusSource, CorpusSplits, load_corpus, load_tokenizer, train_tokenizer,
+                                       tokenizer_hash)
+
+    rows = load_corpus(corpus, streaming=False)
+    column = next((c for c in ("text", "contents") if c in rows.column_names), None)
+    if column is None:
+        raise ConfigError(f"corpus {corpus} has no 'text' or 'contents' column (columns: {rows.column_names})",
+                          argument="corpus")
+    n = len(rows)
+    n_held = max(1, n // 20)
+    if n - 2 * n_held < 1:
+        raise ConfigError(f"corpus {corpus} has {n} rows, too few for train, SGLD and test slices", argument="corpus")
+    splits = CorpusSplits.contiguous(corpus, n - 2 * n_held, n_held, n_held, text_column=column)
+    tok = load_tokenizer(tokenizer) if tokenizer else train_tokenizer(rows.select(range(n - 2 * n_held))[column],
+                                                                      vocab_size)
+    if tok.get_vocab_size() != vocab_size:
+        raise ConfigError(f"the tokenizer has {tok.get_vocab_size()} tokens, the model's vocabulary {vocab_size}; "
+                          "they must agree", argument="tokenizer")
+    CorpusSource.build(splits, tok, n_ctx, seed=seed).save(out)
+    return {"source": "corpus", "corpus": str(corpus), "tokenizer": tokenizer, "contexts": str(out),
+            "tokenizer_sha256": tokenizer_hash(tok), "text_column": column}
+
+
+def next_token_loss(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Per-token cross entropy of the next token, averaged over positions 1..n−1 and contexts (eq. 1)."""
+    logits = model(tokens[:, :-1])
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+
+
+class LanguageEvaluator:
+    """Per-position test loss on the fixed test contexts (stream 'test'), and the weight norm."""
+
+    def __init__(self, source: TokenSource, n_test: int):
+        self.tokens = source.dataset(n_test, "test")
+        n_ctx = self.tokens.shape[1]
+        self.coords = {"k": np.arange(1, n_ctx)}
+        self.attrs = {}
+        if isinstance(source, SyntheticLanguage):  # the exact reference levels of LM1 (C.1.1)
+            self.attrs = {"bigram_entropy": float(source.bigram_entropy(n_ctx)),
+                          "unigram_entropy": float(source.unigram_entropy(n_ctx))}
+
+    @torch.no_grad()
+    def __call__(self, model) -> dict[str, np.ndarray]:
+        per_k = torch.zeros(self.tokens.shape[1] - 1, dtype=torch.float64)
+        for chunk in self.tokens.split(64):
+            logits = model(chunk[:, :-1])
+            ce = F.cross_entropy(logits.transpose(1, 2), chunk[:, 1:], reduction="none")  # (b, n−1)
+            per_k += ce.double().sum(0)
+        per_k /= len(self.tokens)
+        norm = torch.sqrt(sum((p.double() ** 2).sum() for p in model.parameters()))
+        return {"test_loss": per_k.mean().float().numpy(), "test_loss_k": per_k.float().numpy(),
+                "weight_norm": norm.float().numpy()}
+
+
+@dataclass(frozen=True, eq=False)
+class LanguageProbe:
+    """Fixed probe contexts of the language observables (stream 'probe')."""
+
+    tokens: torch.Tensor
+    seed: int
+
+    def attrs(self) -> dict:
+        return {"probe_seed": self.seed, "probe_n": int(self.tokens.shape[0])}
+
+
+class LanguageSetting(Setting):
+    name = "lm"
+    title = "attention-only language model"
+    eval_schema = "eval_lm"
+    observables = "language"
+    training_presets = tuple(PRESETS)
+    hessian_presets = HESSIAN_PRESETS
+    loss_description = "per-token cross entropy of the next token, averaged over positions (eq. 1)"
+    train_options = {
+        "num_steps": {"flag": "--steps", "type": int, "help": "override the preset's number of training steps"},
+        "lr": {"flag": "--lr", "type": float, "help": "override the learning rate"},
+        "batch_size": {"flag": "--batch-size", "type": int, "help": "override the batch size"},
+        "n_layers": {"flag": "--layers", "type": int, "help": "attention-only layers, 1 or 2 (default 2)"},
+        "corpus": {"flag": "--corpus", "type": str,
+                   "help": "hub dataset name or local .txt/.jsonl/.parquet files (default: the synthetic language)"},
+        "tokenizer": {"flag": "--tokenizer", "type": str,
+                      "help": "tokenizer.json for --corpus (default: train a BPE tokenizer of the model's vocabulary)"},
+    }
+
+    @property
+    def llc_presets(self) -> dict:  # the default for two layers; see :meth:`llc_presets_for`
+        return LLC_PRESETS[2]
+
+    def llc_presets_for(self, config: dict) -> dict:
+        return LLC_PRESETS[config["model"]["n_layers"]]
+
+    def config(self, preset: str = "quick", seed: int = 0, **overrides) -> LanguageRun:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}", argument="preset")
+        if seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {seed}", argument="seed")
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = set(given) - set(LMSchedule.__dataclass_fields__) - {"n_layers", "corpus", "tokenizer"}
+        if unknown:
+            first = sorted(unknown)[0]
+            raise ConfigError(f"the language setting has no option {first!r}", argument=first)
+        p = PRESETS[preset]
+        sched = {k: v for k, v in given.items() if k in LMSchedule.__dataclass_fields__}
+        for k, v in sched.items():
+            if (k in _POSITIVE or k == "lr") and not v > 0:
+                raise ConfigError(f"{k} must be positive, got {v}", argument=k)
+        model = p.model
+        if "n_layers" in given:
+            if given["n_layers"] not in (1, 2):
+                raise ConfigError(f"n_layers must be 1 or 2 (appendix E, F.1), got {given['n_layers']}",
+                                  argument="n_layers")
+            model = replace(model, n_layers=given["n_layers"])
+        if "tokenizer" in given and "corpus" not in given:
+            raise ConfigError("tokenizer needs a corpus to tokenise; pass corpus too", argument="tokenizer")
+        data = {"source": "synthetic", **p.language.to_dict()} if "corpus" not in given else {
+            "source": "corpus", "corpus": given["corpus"], "tokenizer": given.get("tokenizer")}
+        data.pop("seed", None)  # the language's seed is the run's
+        return LanguageRun(seed=seed, preset=preset, schedule=replace(p.schedule, **sched), model=model, data=data)
+
+    def prepare(self, config: LanguageRun, store_path) -> LanguageRun:
+        """A corpus is tokenised once into ``<store>.corpus/`` (reused when the run resumes)."""
+        if config.data["source"] != "corpus" or "contexts" in config.data:
+            return config
+        out = Path(store_path).with_suffix(".corpus")
+        if (out / "corpus.json").exists():
+            from devarray.tasks.corpus import CorpusSource, tokenizer_hash
+
+            tok = CorpusSource.load(out).tokenizer
+            data = {**config.data, "contexts": str(out), "tokenizer_sha256": tokenizer_hash(tok),
+                    "text_column": json.loads((out / "corpus.json").read_text()).get("text_column")}
+            data = {k: v for k, v in data.items() if v is not None or k == "tokenizer"}
+        else:
+            data = build_corpus(config.data["corpus"], config.data["tokenizer"], config.model.d_vocab,
+                                config.model.n_ctx, out, config.seed)
+        return replace(config, data=data)
+
+    def build_model(self, config: dict) -> AttentionOnlyTransformer:
+        return AttentionOnlyTransformer(AttentionOnlyConfig(**config["model"]))
+
+    def optimizer(self, model: nn.Module, config: dict) -> torch.optim.AdamW:
+        s = config["schedule"]
+        return torch.optim.AdamW(model.parameters(), lr=s["lr"], betas=(0.9, 0.999), weight_decay=s["weight_decay"])
+
+    def learning_rate(self, step: int, config: dict) -> float:
+        return config["schedule"]["lr"]  # Table 3: no schedule
+
+    def train_batch(self, config: dict, step: int) -> tuple[torch.Tensor, ...]:
+        return (token_source(config).batch_for_step(step, config["schedule"]["batch_size"]),)
+
+    def loss(self, model: nn.Module, *batch: torch.Tensor) -> torch.Tensor:
+        return next_token_loss(model, *batch)
+
+    def evaluator(self, config: dict) -> LanguageEvaluator:
+        return LanguageEvaluator(token_source(config), config["schedule"]["n_test"])
+
+    def sgld_dataset(self, config: dict, n: int) -> tuple[torch.Tensor, ...]:
+        return (fixed(config, n, "sgld"),)
+
+    def hessian_batch(self, config: dict, m: int) -> tuple[torch.Tensor, ...]:
+        return (fixed(config, m, "hessian"),)
+
+    def probe(self, config: dict, seed: int = 0, n: int = 256) -> LanguageProbe:
+        return LanguageProbe(fixed(config, n, f"probe-{seed}"), seed)
+
+    def probe_context(self, config: dict, seed: int = 0, length: int = 32) -> tuple[torch.Tensor, list[str]]:
+        tokens = fixed(config, 1, f"probe-{seed}")[:, :length]
+        return tokens, [f"{i}:{t}" for i, t in enumerate(token_source(config).decode(tokens[0]))]
+
+    def stage_report(self, stages: xr.Dataset, evaluation: xr.Dataset) -> str | None:
+        return lm_stage_report(lm_stage_check(stages, evaluation))
+
+
+def icl_score(evaluation: xr.Dataset) -> xr.DataArray:
+    """Loss at late positions minus loss at early ones (C.1.3's 500th minus 50th token of 1,024,
+    scaled to the context: the mean over the last tenth minus the mean over positions around 5 %)."""
+    k = evaluation.k.values
+    n = int(k[-1]) + 1
+    early = (k >= max(1, round(0.04 * n))) & (k <= max(2, round(0.06 * n)))
+    late = k >= round(0.9 * n)
+    per_k = evaluation.test_loss_k
+    return per_k.isel(k=late).mean("k") - per_k.isel(k=early).mean("k")
+
+
+def lm_stage_check(stages: xr.Dataset, evaluation: xr.Dataset) -> dict:
+    """Do the boundaries fall where the paper's LM stages end? The first where the test loss has
+    come down to the bigram entropy (LM1: bigram statistics learned; within a fifth of the way
+    from the bigram entropy to the unigram entropy), and a later one within a factor 2 in step of
+    where induction forms (the ICL score first below −0.1 nats: late tokens predicted better than
+    early ones). Needs the exact entropies of the synthetic language (``eval`` attrs)."""
+    out: dict = {"ok": False}
+    if "bigram_entropy" not in evaluation.attrs or not stages.sizes.get("boundary", 0):
+        return out
+    h2, h1 = float(evaluation.attrs["bigram_entropy"]), float(evaluation.attrs["unigram_entropy"])
+    loss = evaluation.test_loss
+    b = stages.boundary_step.values.astype(int)
+    icl = icl_score(evaluation)
+    formed = icl.step[icl < -0.1]
+    out |= {"bigram_entropy": h2, "unigram_entropy": h1, "boundary_step": int(b[0]),
+            "loss_at_boundary": float(loss.sel(step=b[0], method="nearest")),
+            "induction_step": int(formed[0]) if formed.size else None, "final_icl_score": float(icl[-1])}
+    out["bigram_ok"] = abs(out["loss_at_boundary"] - h2) <= 0.2 * (h1 - h2)
+    if out["induction_step"] is not None:
+        later = b[1:]
+        near = later[(later >= out["induction_step"] / 2) & (later <= 2 * max(out["induction_step"], 1))]
+        out["induction_boundary"] = int(near[0]) if near.size else None
+    out["ok"] = bool(out["bigram_ok"] and out.get("induction_boundary") is not None)
+    return out
+
+
+def lm_stage_report(c: dict) -> str | None:
+    if "boundary_step" not in c:
+        return None
+    first = (f"first boundary at step {c['boundary_step']}: test loss {c['loss_at_boundary']:.3f}, bigram entropy "
+             f"{c['bigram_entropy']:.3f} (unigram {c['unigram_entropy']:.3f}) — "
+             + ("bigram statistics learned (end of LM1)" if c["bigram_ok"] else "NOT the end of LM1"))
+    if c["induction_step"] is None:
+        return first + f"; no induction yet (ICL score {c['final_icl_score']:.3f} at the end)"
+    where = (f"a boundary at step {c['induction_boundary']}" if c.get("induction_boundary") is not None
+             else "no boundary near it")
+    return first + f"; induction forms at step {c['induction_step']} (ICL score < −0.1), {where}"
+
+
+register(LanguageSetting())
