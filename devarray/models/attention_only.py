@@ -298,7 +298,8 @@ def to_hooked_transformer(model: AttentionOnlyTransformer):
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     kwargs, state = to_transformer_lens(model)
-    ht = HookedTransformer(HookedTransformerConfig(**kwargs))
+    with torch.random.fork_rng(devices=[]):  # its throwaway init must not move the caller's RNG
+        ht = HookedTransformer(HookedTransformerConfig(**kwargs))
     # The buffers come from the fresh model so the load stays strict for every parameter.
     buffers = {n: b for n, b in ht.state_dict().items() if n.rsplit(".", 1)[-1] in _TL_BUFFERS}
     ht.load_state_dict(buffers | state, strict=True)
