@@ -167,7 +167,7 @@ class RegressionSetting(Setting):
         given = {k: v for k, v in overrides.items() if v is not None}
         unknown = set(given) - set(Schedule.__dataclass_fields__) - {"num_tasks"}
         if unknown:
-            raise ConfigError(f"the regression setting has no option {sorted(unknown)[0]!r}", argument=sorted(unknown)[0])
+            raise ConfigError(f"the regression setting has no option {sorted(unknown)[0]}", argument=sorted(unknown)[0])
         sched = {k: v for k, v in given.items() if k in Schedule.__dataclass_fields__}
         for k, v in sched.items():
             if (k in _POSITIVE or k == "lr") and not v > 0:
