@@ -54,7 +54,7 @@ def main() -> None:
             t = time.perf_counter()
             ds = find_stages(y, step, noise=se)
             times.append(time.perf_counter() - t)
-            found.append(list(ds.boundary_step.values))
+            found.append([int(v) for v in ds.boundary_step.values])
         print(f"{name}: best {min(times):.2f} s, median {statistics.median(times):.2f} s per curve "
               f"(fit on {ds.attrs['gp_fit_points']} points, kernel {ds.attrs['gp_kernel']}); boundaries {found[0]}")
 
