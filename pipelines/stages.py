@@ -29,6 +29,15 @@ def _curve(ds: xr.Dataset, name: str) -> xr.Dataset:
     return ds[list(CURVE_VARS)].expand_dims(curve=[name])
 
 
+def standard_error(source: xr.Dataset, name: str) -> xr.DataArray | None:
+    """Each checkpoint's standard error of ``name``, the GP's per-point noise: for the LLC the
+    spread of the non-divergent chains over their number, llc_std / √chains; None otherwise."""
+    if name != "llc_mean" or "llc_std" not in source:
+        return None
+    chains = (~source.diverged.astype(bool)).sum("chain") if "diverged" in source else source.sizes["chain"]
+    return (source.llc_std / np.sqrt(np.maximum(chains, 1))).load()
+
+
 def compute(store: RunStore, variable: str = "llc/llc_mean", **options) -> xr.Dataset:
     """The stages Dataset of one run (nothing written)."""
     group, name = variable.split("/", 1) if "/" in variable else ("llc", variable)
@@ -42,7 +51,7 @@ def compute(store: RunStore, variable: str = "llc/llc_mean", **options) -> xr.Da
     curve = source[name].load()
     if curve.sizes["step"] < 5:
         raise StoreError(f"{store.path}: {curve.sizes['step']} done checkpoints are too few for a stage division (need 5)")
-    main = find_stages(curve, **options)
+    main = find_stages(curve, noise=standard_error(source, name), **options)
     ev = done(store.dataset("eval")).load()
     fits = [_curve(main, name)] + [_curve(find_stages(ev[e], **options), e) for e in EXTRA_CURVES if e != name]
     curves = xr.concat(fits, dim="curve", join="outer", combine_attrs="drop_conflicts")

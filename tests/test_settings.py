@@ -92,3 +92,23 @@ def test_setting_data_are_fixed_streams():
     assert not torch.equal(s.train_batch(cfg, 5)[0], s.train_batch(cfg, 6)[0])
     ev = s.evaluator(cfg)
     assert set(ev.coords) == {"k"} and np.array_equal(ev.coords["k"], np.arange(1, 9))
+
+
+def test_lr1_lr2_check_accepts_the_end_of_lr1_and_refuses_the_llc_maximum():
+    import xarray as xr
+
+    from devarray.settings.regression import lr1_lr2_check, lr1_lr2_report
+
+    steps = np.array([0, 10, 50, 100, 200, 400, 1000, 3000, 6000])
+    loss = np.array([9.0, 5.0, 4.4, 4.31, 4.30, 4.0, 3.0, 2.2, 2.0])  # reaches the zero predictor's 4.3, then falls
+    ev = xr.Dataset({"test_loss": ("step", loss)}, coords={"step": steps}, attrs={"zero_predictor_loss": 4.3})
+
+    def stages(*b):
+        return xr.Dataset({"boundary_step": ("boundary", list(b)), "boundary_kind": ("boundary", ["plateau"] * len(b))})
+
+    good = lr1_lr2_check(stages(200, 3000), ev)
+    assert good["ok"] and good["first_step_below"] == 400
+    assert "the end of LR1" in lr1_lr2_report(good)
+    at_max = lr1_lr2_check(stages(1000, 3000), ev)  # inside LR2: the loss has left the zero predictor
+    assert not at_max["ok"] and "NOT the LR1 -> LR2" in lr1_lr2_report(at_max)
+    assert not lr1_lr2_check(stages(10), ev)["ok"]  # before the loss reached the zero predictor
