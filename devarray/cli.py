@@ -7,6 +7,8 @@ status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -17,6 +19,49 @@ from .errors import ConfigError, DevarrayError, StoreError
 from .store import RunStore
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, like every other error of the command."""
+
+    def error(self, message: str):
+        self.exit(2, f"devarray: error: {self.prog.removeprefix('devarray ')}: {message}\n")
+
+
+def _number(kind, *, low=None, low_ok=True, high=None, high_ok=True, what=""):
+    """An argparse type: a finite number of ``kind`` within the bounds, else a clear message."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        bad = (not math.isfinite(value) or (low is not None and (value < low or (value == low and not low_ok)))
+               or (high is not None and (value > high or (value == high and not high_ok))))
+        if bad:
+            raise argparse.ArgumentTypeError(f"{text} is not {what}")
+        return value
+
+    return parse
+
+
+POSITIVE_INT = _number(int, low=1, what="a positive integer")
+COUNT = _number(int, low=0, what="a non-negative integer")
+POSITIVE = _number(float, low=0, low_ok=False, what="a positive finite number")
+SEED = _number(int, low=0, what="a non-negative integer seed")
+
+
+def _positive_list(text: str) -> list[float]:
+    values = []
+    for part in text.split(","):
+        try:
+            v = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+        if not (math.isfinite(v) and v > 0):
+            raise argparse.ArgumentTypeError(f"{part} in {text!r} is not a positive finite number")
+        values.append(v)
+    return values
+
+
 def _cmd_train(args) -> None:
     from .settings import get
     from .train import format_summary, train
@@ -25,6 +70,11 @@ def _cmd_train(args) -> None:
     overrides = {dest: getattr(args, dest) for dest in _setting_options()}
     config = setting.config(args.preset, args.seed, **overrides)
     out = args.out or f"stores/{setting.name}-{args.preset}-s{args.seed}.zarr"
+    for parent in Path(out).resolve().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"--out {out} lies under {parent}, which is a file; choose another --out")
+            break
     summary = train(out, config, overwrite=args.overwrite, progress=not args.quiet)
     print(format_summary(summary))
 
@@ -43,6 +93,7 @@ def _setting_options() -> dict[str, dict]:
 
 
 def _cmd_hessian(args) -> None:
+    _writable_stores(args.stores)
     from devarray.pipelines import hessian
 
     from .settings import setting_for
@@ -56,7 +107,8 @@ def _cmd_hessian(args) -> None:
         settings.update({k: getattr(args, k) for k in ("batch_size", "num_probes", "top_k") if getattr(args, k) is not None})
         settings["num_lanczos"] = max(settings["num_lanczos"], settings["top_k"])
         hessian.run(path, **settings, seed=args.seed, steps=_steps(args.steps), overwrite=args.overwrite,
-                    workers=args.workers, scheduler=args.scheduler, threads=args.threads, progress=not args.quiet)
+                    workers=args.workers, scheduler=args.scheduler, threads=args.threads, progress=not args.quiet,
+                    wait=args.wait)
         ds = hessian.as_dataset(path)
         print(f"{path}: Hessian trace {float(ds.trace.min()):.3g}…{float(ds.trace.max()):.3g}, "
               f"top eigenvalue {float(ds.top_eigenvalues.isel(eig=0).min()):.3g}…"
@@ -64,6 +116,7 @@ def _cmd_hessian(args) -> None:
 
 
 def _cmd_stages(args) -> None:
+    _writable_stores(args.stores)
     from devarray.pipelines import stages
 
     for path in args.stores:
@@ -163,6 +216,9 @@ def _figure(paths: list[str], out) -> None:
 
 
 def _cmd_figure(args) -> None:
+    if Path(args.output).suffix.lower() != ".png":
+        raise ConfigError(f"the figure is a PNG; give -o a name ending in .png, not {args.output}")
+    _writable_dir(Path(args.output).parent, "-o")
     _figure(args.stores, args.output)
     print(f"figure written to {args.output}")
 
@@ -180,7 +236,21 @@ def _steps(text: str | None) -> list[int] | None:
     try:
         return [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise StoreError(f"--steps takes comma-separated integers, got {text!r}") from None
+        raise ConfigError(f"--steps takes comma-separated integers, got {text!r}") from None
+
+
+def _writable_dir(path: Path, what: str) -> None:
+    path = path if str(path) else Path(".")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise StoreError(f"{path} is not writable; choose a writable place for {what} (or fix its permissions)")
+
+
+def _writable_stores(paths) -> None:
+    """Stop before any work when a store cannot be written (read-only file system, permissions)."""
+    for path in paths:
+        RunStore.open(path, mode="r")  # a clear error for what is not a store
+        if not os.access(path, os.W_OK):
+            raise StoreError(f"{path} is read-only; copy it somewhere writable to compute into it")
 
 
 def _llc_preset(setting, config: dict, name: str):
@@ -203,10 +273,12 @@ def _llc_settings(args, setting, config: dict):
         base.pop("beta_tilde")  # an override of either temperature knob replaces the preset's
     if {"localization", "gamma_tilde"} & set(given) or "epsilon" in given:
         base.pop("gamma_tilde")
+    # a new step size alone keeps the posterior the preset samples (nβ and γ); β̃ = εnβ/2 and γ̃ = εγ/2 follow
+    fixed = preset.settings()
     if "epsilon" in given and not ({"nbeta", "beta_tilde"} & set(given)):
-        given["beta_tilde"] = preset.beta_tilde
+        given["nbeta"] = fixed.nbeta
     if "epsilon" in given and not ({"localization", "gamma_tilde"} & set(given)):
-        given["gamma_tilde"] = preset.gamma_tilde
+        given["localization"] = fixed.localization
     try:
         settings = sgld_settings(**{**base, **given})
     except ValueError as e:
@@ -215,6 +287,7 @@ def _llc_settings(args, setting, config: dict):
 
 
 def _cmd_llc(args) -> None:
+    _writable_stores(args.stores)
     from devarray.pipelines import llc
 
     from .settings import setting_for
@@ -227,18 +300,11 @@ def _cmd_llc(args) -> None:
               f"gamma~={settings.gamma_tilde:g}, m={settings.batch_size}, n={n}")
         results = llc.run(path, settings, seed=args.seed, dataset_size=n, steps=_steps(args.steps),
                           compile=args.compile, overwrite=args.overwrite, workers=args.workers,
-                          scheduler=args.scheduler, threads=args.threads, progress=not args.quiet)
+                          scheduler=args.scheduler, threads=args.threads, progress=not args.quiet, wait=args.wait)
         print(llc.summary_table(path))
         warning = llc.flagged(results)
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
-
-
-def _floats(text: str, flag: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise StoreError(f"{flag} takes comma-separated numbers, got {text!r}") from None
 
 
 def _cmd_calibrate(args) -> None:
@@ -246,6 +312,8 @@ def _cmd_calibrate(args) -> None:
     from .settings import setting_for
     from .slt.calibration import calibrate
 
+    if args.out and Path(args.out).exists() and not args.overwrite:
+        raise StoreError(f"{args.out} already exists; pass --overwrite to replace it or choose another --out")
     store = RunStore.open(args.store, mode="r")
     setting = setting_for(store.config)
     preset = _llc_preset(setting, store.config, args.preset)
@@ -255,9 +323,7 @@ def _cmd_calibrate(args) -> None:
     model.fused_attention = True  # as the LLC pipeline samples it
     grid = calibrate(
         model, setting.loss, setting.sgld_dataset(store.config, args.dataset_size or preset.dataset_size),
-        epsilon=_floats(args.epsilon, "--epsilon"),
-        beta_tilde=_floats(args.beta_tilde, "--beta-tilde") if args.beta_tilde else None,
-        gamma_tilde=_floats(args.gamma_tilde, "--gamma-tilde"),
+        epsilon=args.epsilon, beta_tilde=args.beta_tilde, gamma_tilde=args.gamma_tilde,
         batch_size=args.batch_size or preset.batch_size, num_chains=args.num_chains or preset.num_chains,
         num_draws=args.num_draws or preset.num_draws,
         num_burnin_steps=preset.num_burnin_steps if args.num_burnin_steps is None else args.num_burnin_steps,
@@ -301,25 +367,28 @@ def _cmd_observe(args) -> None:
     if not stores:
         raise StoreError(f"no run store among {' '.join(args.targets)}; give a store path first, e.g. "
                          "devarray observe stores/lr-quick-s0.zarr icl_scores")
+    _writable_stores(stores)
     for path in stores:
         results = observe.run(path, names or None, probe_seed=args.probe_seed, modules=args.module,
                               steps=_steps(args.steps), overwrite=args.overwrite, workers=args.workers,
-                              scheduler=args.scheduler, threads=args.threads, progress=not args.quiet)
+                              scheduler=args.scheduler, threads=args.threads, progress=not args.quiet,
+                              wait=args.wait)
         print(f"{path}: computed {sum(len(r['names']) for r in results)} observable-checkpoints")
 
 
 def _add_compute_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", help="comma-separated checkpoint steps (default: every written checkpoint)")
-    p.add_argument("--workers", type=int, default=0, help="run on a LocalCluster of N processes (default: in-process)")
+    p.add_argument("--workers", type=COUNT, default=0, help="run on a LocalCluster of N processes (default: in-process)")
     p.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://host:8786")
-    p.add_argument("--threads", type=int, help="torch threads per task (default: all cores in-process, 1 per worker)")
+    p.add_argument("--threads", type=POSITIVE_INT, help="torch threads per task (default: all cores in-process, 1 per worker)")
+    p.add_argument("--wait", action="store_true", help="wait for another writer of the same group instead of stopping")
     p.add_argument("--overwrite", action="store_true", help="recompute what was stored with other settings")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="devarray", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = _Parser(prog="devarray", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     from .settings import get, names
 
@@ -328,11 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description=f"Train a setting's model into a run store. Settings: {known}.")
     t.add_argument("setting", metavar="SETTING", help=f"the setting to train ({known})")
     t.add_argument("--preset", default="quick", help="tiny | quick | paper (default quick)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=SEED, default=0)
     t.add_argument("--out", help="store path (default stores/<setting>-<preset>-s<seed>.zarr)")
     for dest, spec in _setting_options().items():
         which = "" if len(spec["settings"]) == len(names()) else f" [{', '.join(spec['settings'])}]"
-        t.add_argument(spec["flag"], dest=dest, type=spec["type"], help=spec["help"] + which)
+        kind = {int: POSITIVE_INT, float: POSITIVE}.get(spec["type"], spec["type"])
+        t.add_argument(spec["flag"], dest=dest, type=kind, help=spec["help"] + which)
     t.add_argument("--overwrite", action="store_true", help="replace an existing store with another config")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_cmd_train)
@@ -340,17 +410,19 @@ def build_parser() -> argparse.ArgumentParser:
     ll = sub.add_parser("llc", help="estimate the LLC at every checkpoint (writes the llc group)")
     ll.add_argument("stores", nargs="+")
     ll.add_argument("--preset", default="quick", help="LLC sampler preset: quick | paper (A.3.2)")
-    ll.add_argument("--chains", dest="num_chains", type=int)
-    ll.add_argument("--draws", dest="num_draws", type=int, help="kept draws per chain")
-    ll.add_argument("--burnin", dest="num_burnin_steps", type=int)
-    ll.add_argument("--batch-size", type=int, help="SGLD minibatch size m")
-    ll.add_argument("--dataset-size", type=int, help="size n of the fixed SGLD dataset")
-    ll.add_argument("--epsilon", "--lr", dest="epsilon", type=float, help="SGLD step size")
-    ll.add_argument("--nbeta", type=float)
-    ll.add_argument("--beta-tilde", type=float, help="ε nβ / 2")
-    ll.add_argument("--localization", "--gamma", dest="localization", type=float)
-    ll.add_argument("--gamma-tilde", type=float, help="ε γ / 2")
-    ll.add_argument("--seed", type=int, default=0, help="SGLD seed, the same at every checkpoint (A.4.2)")
+    ll.add_argument("--chains", dest="num_chains", type=POSITIVE_INT)
+    ll.add_argument("--draws", dest="num_draws", type=_number(int, low=4, what="an integer >= 4 (the drift "
+                    "diagnostic compares quarters of the draws)"), help="kept draws per chain (at least 4)")
+    ll.add_argument("--burnin", dest="num_burnin_steps", type=COUNT)
+    ll.add_argument("--batch-size", type=POSITIVE_INT, help="SGLD minibatch size m")
+    ll.add_argument("--dataset-size", type=POSITIVE_INT, help="size n of the fixed SGLD dataset")
+    ll.add_argument("--epsilon", "--lr", dest="epsilon", type=POSITIVE,
+                    help="SGLD step size; alone it keeps the preset's nβ and γ (β̃ and γ̃ move with it)")
+    ll.add_argument("--nbeta", type=POSITIVE)
+    ll.add_argument("--beta-tilde", type=POSITIVE, help="ε nβ / 2")
+    ll.add_argument("--localization", "--gamma", dest="localization", type=POSITIVE)
+    ll.add_argument("--gamma-tilde", type=POSITIVE, help="ε γ / 2")
+    ll.add_argument("--seed", type=SEED, default=0, help="SGLD seed, the same at every checkpoint (A.4.2)")
     ll.add_argument("--compile", action="store_true",
                     help="torch.compile the gradient: faster long chains (e.g. --preset paper), ~15 s to compile per checkpoint")
     _add_compute_options(ll)
@@ -358,17 +430,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     ca = sub.add_parser("calibrate", help="sweep SGLD settings at one checkpoint (A.4.3) and recommend one")
     ca.add_argument("store")
-    ca.add_argument("--step", type=int, help="checkpoint (default: the last)")
+    ca.add_argument("--step", type=COUNT, help="checkpoint (default: the last)")
     ca.add_argument("--preset", default="quick", help="LLC preset for the other settings")
-    ca.add_argument("--epsilon", default="0.0003,0.001,0.003", help="comma-separated step sizes")
-    ca.add_argument("--beta-tilde", help="comma-separated β̃ (default: nβ = m/log m)")
-    ca.add_argument("--gamma-tilde", default="0.003,0.01,0.03", help="comma-separated γ̃")
-    ca.add_argument("--chains", dest="num_chains", type=int)
-    ca.add_argument("--draws", dest="num_draws", type=int)
-    ca.add_argument("--burnin", dest="num_burnin_steps", type=int)
-    ca.add_argument("--batch-size", type=int)
-    ca.add_argument("--dataset-size", type=int)
-    ca.add_argument("--seed", type=int, default=0)
+    ca.add_argument("--epsilon", type=_positive_list, default="0.0003,0.001,0.003", help="comma-separated step sizes")
+    ca.add_argument("--beta-tilde", type=_positive_list, help="comma-separated β̃ (default: nβ = m/log m)")
+    ca.add_argument("--gamma-tilde", type=_positive_list, default="0.003,0.01,0.03", help="comma-separated γ̃")
+    ca.add_argument("--chains", dest="num_chains", type=POSITIVE_INT)
+    ca.add_argument("--draws", dest="num_draws", type=_number(int, low=4, what="an integer >= 4"))
+    ca.add_argument("--burnin", dest="num_burnin_steps", type=COUNT)
+    ca.add_argument("--batch-size", type=POSITIVE_INT)
+    ca.add_argument("--dataset-size", type=POSITIVE_INT)
+    ca.add_argument("--seed", type=SEED, default=0)
     ca.add_argument("--out", help="also write the whole grid (chains, draws, diagnostics) to this zarr store")
     ca.add_argument("--overwrite", action="store_true")
     ca.add_argument("--quiet", action="store_true")
@@ -379,24 +451,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run stores, then observables to compute (default: all registered)")
     ob.add_argument("--name", dest="names", action="append", help="observable to compute (repeatable)")
     ob.add_argument("--module", action="append", default=[], help="Python file or module that registers observables")
-    ob.add_argument("--probe-seed", type=int, default=0)
+    ob.add_argument("--probe-seed", type=SEED, default=0)
     _add_compute_options(ob)
     ob.set_defaults(func=_cmd_observe)
 
     he = sub.add_parser("hessian", help="Hessian trace and top eigenvalues at every checkpoint (appendix B.5)")
     he.add_argument("stores", nargs="+")
     he.add_argument("--preset", default="quick", help="quick | paper (m=1,024, 100 probes, 64 Lanczos steps)")
-    he.add_argument("--batch-size", type=int, help="size m of the fixed batch")
-    he.add_argument("--num-probes", type=int, help="Hutchinson probes")
-    he.add_argument("--top-k", type=int, help="number of top eigenvalues")
-    he.add_argument("--seed", type=int, default=0)
+    he.add_argument("--batch-size", type=POSITIVE_INT, help="size m of the fixed batch")
+    he.add_argument("--num-probes", type=_number(int, low=2, what="an integer >= 2 (a standard error needs two)"),
+                    help="Hutchinson probes")
+    he.add_argument("--top-k", type=POSITIVE_INT, help="number of top eigenvalues")
+    he.add_argument("--seed", type=SEED, default=0)
     _add_compute_options(he)
     he.set_defaults(func=_cmd_hessian)
 
     st = sub.add_parser("stages", help="find stage boundaries on the LLC curve (writes the stages group)")
     st.add_argument("stores", nargs="+")
     st.add_argument("--variable", default="llc/llc_mean", help="GROUP/VARIABLE over step to divide (default llc/llc_mean)")
-    st.add_argument("--tolerance", type=float, help="plateau tolerance as a fraction of the largest |slope| (0.1)")
+    st.add_argument("--tolerance", type=_number(float, low=0, low_ok=False, high=1, high_ok=False,
+                                                what="a fraction strictly between 0 and 1"),
+                    help="plateau tolerance: a saddle's |slope| as a fraction of its neighbouring movements' (0.15)")
     st.add_argument("--wrt", choices=["log_step", "step"], help="differentiate in log step (default) or step")
     st.set_defaults(func=_cmd_stages)
 
@@ -408,9 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     de = sub.add_parser("demo", help="the main job: train (quick) -> LLC -> Hessian -> observables -> stages -> figure")
     de.add_argument("setting", nargs="?", default="lr", metavar="SETTING", help=f"the setting (default lr; {known})")
     de.add_argument("--out-dir", default="stores")
-    de.add_argument("--seed", type=int, default=0)
+    de.add_argument("--seed", type=SEED, default=0)
     de.add_argument("--preset", default="quick", help="training preset (quick; tiny for a smoke run in seconds)")
-    de.add_argument("--workers", type=int, default=0, help="LocalCluster processes for the pipelines (default in-process)")
+    de.add_argument("--workers", type=COUNT, default=0, help="LocalCluster processes for the pipelines (default in-process)")
     de.add_argument("--verbose", action="store_true", help="also print the LLC of every checkpoint")
     de.add_argument("--quiet", action="store_true", help="no progress bars")
     de.set_defaults(func=_cmd_demo)
@@ -447,6 +522,11 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except DevarrayError as e:
         print(f"devarray: error: {_user_message(e, parser, args.command)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a read-only file system, a vanished path: not a bug of ours
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"devarray: error: {e.strerror or e}{where}; check that the path is writable and the disk has space; "
+              "what was written before is kept", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("devarray: interrupted; what was written is kept and the same command resumes", file=sys.stderr)

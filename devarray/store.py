@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import glob
+import hashlib
+import json
 import os
 import shutil
+import socket
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -67,6 +71,23 @@ def _fill_value(dtype: np.dtype):
     if dtype.kind in "UOT":
         return ""
     raise StoreError(f"unsupported dtype {dtype}; use float, int, bool or fixed-width str")
+
+
+def settings_id(attrs: dict) -> int:
+    """A stable fingerprint of a group's settings (its attrs but the fingerprint itself): written
+    beside every checkpoint's results, so a number is never taken for one made otherwise."""
+    payload = json.dumps({k: v for k, v in attrs.items() if k != "settings_id"}, sort_keys=True, default=str)
+    return int.from_bytes(hashlib.blake2b(payload.encode(), digest_size=8).digest(), "little") & ((1 << 62) - 1)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextmanager
@@ -212,7 +233,12 @@ class RunStore:
         if self.has_group(name):
             if not overwrite:
                 raise StoreError(f"{self.path} already has group {name!r}; pass --overwrite to recompute it")
+            self.clear_done(name)  # before the attrs change: no interleaving leaves old numbers marked done
             del self.root[name]
+        if (self.path / name).exists():  # a damaged group (no zarr.json): replaced only on overwrite
+            if not overwrite:
+                raise StoreError(f"group {name!r} of {self.path} is damaged; pass --overwrite to recompute it")
+            shutil.rmtree(self.path / name)
         g = self.root.create_group(name, attributes={"description": schema["description"], "schema": schema_name,
                                                       **(attrs or {})})
         for cname, cspec in schema["coords"].items():
@@ -311,9 +337,116 @@ class RunStore:
         self.array(group, flag)[self.index_of(group, step)] = True
 
     def done_steps(self, group: str, flag: str = "done") -> np.ndarray:
+        """Steps whose ``flag`` is set and, in groups that record provenance, whose results carry
+        the group's settings fingerprint (a step written under other settings is not done)."""
         if not self.has_group(group) or flag not in self.group(group):
             return np.array([], dtype=np.int64)
-        return self.steps(group)[self.array(group, flag)[:]]
+        mask = self.array(group, flag)[:].astype(bool)
+        expected = self.group(group).attrs.get("settings_id")
+        if expected is not None and "settings_id" in self.group(group):
+            mask &= self.array(group, "settings_id")[:] == expected
+        return self.steps(group)[mask]
+
+    def clear_done(self, group: str, steps=None) -> None:
+        """Unset the done flags of ``steps`` (all by default) of ``group``: what follows may
+        rewrite them, and no reader may take the old numbers for finished ones meanwhile."""
+        if not self.has_group(group):
+            return
+        g = self.group(group)
+        for flag in [k for k in g.array_keys() if k == "done" or k.startswith("done_")]:
+            arr = self.array(group, flag)
+            if steps is None:
+                arr[:] = False
+            else:
+                for s in steps:
+                    arr[self.index_of(group, int(s))] = False
+
+    # ------------------------------------------------------------------ one writer per group
+    def _lock_path(self, group: str) -> Path:
+        # beside the store, not in it: zarr takes any file inside for a broken member of the hierarchy
+        return self.path.parent / f".{self.path.name}.{group}.lock"
+
+    def lock_holder(self, group: str) -> dict | None:
+        """Who holds the write lock of ``group`` (host, pid, started), or None; a lock whose
+        process is gone from this host is stale and removed."""
+        path = self._lock_path(group)
+        try:
+            holder = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {"host": "?", "pid": -1, "started": "?"}
+        if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", -1))):
+            path.unlink(missing_ok=True)
+            return None
+        return holder
+
+    @contextmanager
+    def writing(self, group: str, *, wait: bool = False, poll: float = 0.5):
+        """Hold the advisory write lock of ``group`` (a lock file with host, pid and start time).
+        A second writer stops at once with a message naming the holder, or waits with ``wait``.
+        Readers never need it."""
+        path = self._lock_path(group)
+        me = {"host": socket.gethostname(), "pid": os.getpid(),
+              "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        while True:
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                break
+            except FileExistsError:
+                holder = self.lock_holder(group)
+                if holder is None:
+                    continue  # stale lock removed: try again
+                if not wait:
+                    raise StoreError(f"{group} of {self.path} is being written by pid {holder.get('pid')} on "
+                                     f"{holder.get('host')} since {holder.get('started')}; wait for it to finish "
+                                     "(or pass --wait)") from None
+                time.sleep(poll)
+            except OSError as e:
+                raise StoreError(f"cannot write to {self.path}: {e.strerror}; check that the store is on a "
+                                 "writable disk with free space") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ damage
+    def damaged_groups(self) -> dict[str, str]:
+        """Groups whose metadata is missing (a folder of arrays without its zarr.json) or
+        disagrees with the consolidated copy in the root, with what is wrong."""
+        out = {}
+        try:
+            consolidated = json.loads((self.path / "zarr.json").read_text()).get("consolidated_metadata") or {}
+        except (OSError, ValueError):
+            consolidated = {}
+        listed = {k: v for k, v in (consolidated.get("metadata") or {}).items()
+                  if "/" not in k and v.get("node_type") == "group"}
+        for entry in sorted(self.path.iterdir()) if self.path.is_dir() else []:
+            if not entry.is_dir():
+                continue
+            meta = entry / "zarr.json"
+            if not meta.exists():
+                if any(entry.iterdir()):
+                    out[entry.name] = f"{entry.name}/zarr.json is missing"
+                continue
+            if entry.name in listed:
+                try:
+                    live = json.loads(meta.read_text()).get("attributes", {})
+                except ValueError:
+                    out[entry.name] = f"{entry.name}/zarr.json is unreadable"
+                    continue
+                if live != listed[entry.name].get("attributes", {}):
+                    out[entry.name] = f"{entry.name}/zarr.json disagrees with the consolidated metadata"
+        return out
+
+    def check_intact(self, group: str) -> None:
+        """Refuse to write into a damaged group: its numbers could end up under the wrong label."""
+        problem = self.damaged_groups().get(group)
+        if problem:
+            raise StoreError(f"group {group!r} of {self.path} is damaged ({problem}); nothing is written into it "
+                             f"until you pass --overwrite, which recomputes the whole group")
 
     # ------------------------------------------------------------------ reading
     def dataset(self, group: str) -> xr.Dataset:

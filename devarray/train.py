@@ -100,19 +100,24 @@ def train(
     if write:
         config = setting.prepare(config, path)
     cfg = config.to_dict()
-    num_steps = config.num_steps
-    checkpoints = config.checkpoints()
     model = setting.init_model(cfg)
     opt = setting.optimizer(model, cfg)
     start = 0
-    store = None
-    if write:
-        store, resumed = prepare_store(path, config, overwrite=overwrite)
+    if not write:
+        return _loop(None, setting, cfg, config, model, opt, 0, progress)
+    store, resumed = prepare_store(path, config, overwrite=overwrite)
+    with store.writing("train"):  # one trainer per store
         if resumed:
             start = _restore(store, model, opt)
-        if start >= num_steps and checkpoints[-1] in store.done_steps("params"):
+        if start >= config.num_steps and config.checkpoints()[-1] in store.done_steps("params"):
             return _summary(store, 0.0, resumed_from=start, steps_run=0)
+        return _loop(store, setting, cfg, config, model, opt, start, progress)
 
+
+def _loop(store, setting, cfg: dict, config: RunConfig, model, opt, start: int, progress: bool) -> dict:
+    """The training steps from ``start`` to the end, writing every checkpoint (none without a store)."""
+    num_steps = config.num_steps
+    checkpoints = config.checkpoints()
     evaluator = setting.evaluator(cfg)
     train_obs = obs.names(train_time=True, task=setting.observables)
     probe = setting.probe(cfg, PROBE_SEED) if train_obs else None

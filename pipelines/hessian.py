@@ -17,26 +17,26 @@ from devarray.settings import setting_for
 from devarray.slt.hessian import hessian_stats
 from devarray.store import RunStore
 
-from .runner import done, map_checkpoints, pending_steps, prepare_group
+from .runner import done, map_checkpoints, pending_steps, prepare_group, write_checkpoint
 
 GROUP = "hessian"
 
 
 def _hessian(path: str, step: int, *, batch_size: int, num_probes: int, top_k: int, num_lanczos: int,
-             seed: int) -> dict:
+             seed: int, settings_id: int) -> dict:
     store = RunStore.open(path, validate=False)
     setting = setting_for(store.config)
     ds = hessian_stats(load_model(store, step), setting.loss, setting.hessian_batch(store.config, batch_size),
                        num_probes=num_probes, top_k=top_k, num_lanczos=num_lanczos, seed=seed)
     schemas.validate(ds, GROUP)
-    store.write(GROUP, step, {v: ds[v].values for v in ("trace", "trace_sem", "top_eigenvalues")})
-    store.mark_done(GROUP, step)
+    write_checkpoint(store, GROUP, step, {v: ds[v].values for v in ("trace", "trace_sem", "top_eigenvalues")},
+                     settings_id)
     return {"step": step, "trace": float(ds.trace), "top": float(ds.top_eigenvalues[0])}
 
 
 def run(path, *, batch_size: int = 1024, num_probes: int = 100, top_k: int = 5, num_lanczos: int = 64,
         seed: int = 0, steps=None, overwrite: bool = False, workers: int = 0, scheduler: str | None = None,
-        threads: int | None = None, progress: bool = True) -> list[dict]:
+        threads: int | None = None, progress: bool = True, wait: bool = False) -> list[dict]:
     """Hessian statistics at every written checkpoint (or at ``steps``) not yet done."""
     store = RunStore.open(path)
     for name, value, least in (("batch_size", batch_size, 1), ("num_probes", num_probes, 2), ("top_k", top_k, 1),
@@ -47,12 +47,13 @@ def run(path, *, batch_size: int = 1024, num_probes: int = 100, top_k: int = 5, 
     attrs = {"batch_size": batch_size, "num_probes": num_probes, "top_k": top_k, "num_lanczos": num_lanczos,
              "seed": seed, "batch": "the setting's fixed Hessian batch (stream 'hessian')",
              "loss": setting_for(store.config).loss_description}
-    prepare_group(store, GROUP, {"step": store.steps("params"), "eig": np.arange(top_k)}, attrs,
-                  "Hessian statistics", overwrite=overwrite)
-    pending = pending_steps(store, GROUP, steps)
-    return map_checkpoints(_hessian, path, pending, workers=workers, scheduler=scheduler, threads=threads,
-                           progress=progress, desc="hessian", batch_size=batch_size, num_probes=num_probes,
-                           top_k=top_k, num_lanczos=num_lanczos, seed=seed)
+    with store.writing(GROUP, wait=wait):
+        sid = prepare_group(store, GROUP, {"step": store.steps("params"), "eig": np.arange(top_k)}, attrs,
+                            "Hessian statistics", overwrite=overwrite)
+        pending = pending_steps(store, GROUP, steps)
+        return map_checkpoints(_hessian, path, pending, workers=workers, scheduler=scheduler, threads=threads,
+                               progress=progress, desc="hessian", batch_size=batch_size, num_probes=num_probes,
+                               top_k=top_k, num_lanczos=num_lanczos, seed=seed, settings_id=sid)
 
 
 def as_dataset(path):

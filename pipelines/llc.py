@@ -22,13 +22,13 @@ from devarray.slt import SGLDSettings, estimate_llc
 from devarray.slt.sgld import choose_method
 from devarray.store import RunStore
 
-from .runner import done, map_checkpoints, pending_steps, prepare_group
+from .runner import done, map_checkpoints, pending_steps, prepare_group, write_checkpoint
 
 GROUP = "llc"
 
 
 def _estimate(path: str, step: int, *, settings: dict, seed: int, dataset_size: int,
-              init_loss_rows: int | None, method: str, compile: bool = False) -> dict:
+              init_loss_rows: int | None, method: str, settings_id: int, compile: bool = False) -> dict:
     store = RunStore.open(path, validate=False)
     setting = setting_for(store.config)
     model = load_model(store, step)
@@ -37,10 +37,10 @@ def _estimate(path: str, step: int, *, settings: dict, seed: int, dataset_size: 
                       seed=seed, method=method, compile=compile, init_loss_rows=init_loss_rows, label=f"step {step}",
                       warn=False)
     schemas.validate(ds, GROUP)
-    names = [v for v in schemas.load(GROUP)["variables"] if v != "done"]
-    store.write(GROUP, step, {v: ds[v].values for v in names})
-    store.mark_done(GROUP, step)
+    names = [v for v in schemas.load(GROUP)["variables"] if v not in ("done", "settings_id")]
+    write_checkpoint(store, GROUP, step, {v: ds[v].values for v in names}, settings_id)
     return {"step": step, "llc_mean": float(ds.llc_mean), "llc_std": float(ds.llc_std),
+            "all_diverged": bool(ds.all_diverged),
             "init_loss": float(ds.init_loss), "method": ds.attrs["method"],
             **{flag: np.flatnonzero(ds[flag].values).tolist() for flag in ("diverged", "not_converged", "escaped")}}
 
@@ -60,15 +60,17 @@ def sampler_attrs(store: RunStore, settings: SGLDSettings, seed: int, dataset_si
             "method": path, "attention": attention_implementation(model, path, compile), "compile": bool(compile)}
 
 
-def prepare(store: RunStore, attrs: dict, num_chains: int, num_draws: int, *, overwrite: bool) -> None:
-    """Allocate the llc group, or check that the existing one was made with the same settings."""
+def prepare(store: RunStore, attrs: dict, num_chains: int, num_draws: int, *, overwrite: bool) -> int:
+    """Allocate the llc group, or check that the existing one was made with the same settings;
+    returns the settings' fingerprint."""
     coords = {"step": store.steps("params"), "chain": np.arange(num_chains), "draw": np.arange(num_draws)}
-    prepare_group(store, GROUP, coords, attrs, "LLC estimates", overwrite=overwrite)
+    return prepare_group(store, GROUP, coords, attrs, "LLC estimates", overwrite=overwrite)
 
 
 def run(path, settings: SGLDSettings, *, seed: int = 0, dataset_size: int, init_loss_rows: int | None = None,
         steps=None, method: str = "auto", compile: bool = False, overwrite: bool = False, workers: int = 0,
-        scheduler: str | None = None, threads: int | None = None, progress: bool = True) -> list[dict]:
+        scheduler: str | None = None, threads: int | None = None, progress: bool = True,
+        wait: bool = False) -> list[dict]:
     """Estimate the LLC at every done checkpoint (or at ``steps``) not yet done; returns one
     summary dict per checkpoint computed now.
 
@@ -81,12 +83,13 @@ def run(path, settings: SGLDSettings, *, seed: int = 0, dataset_size: int, init_
                          argument="dataset_size")
     pending_steps(store, GROUP, steps)  # refuses steps that are not checkpoints before anything is written
     attrs = sampler_attrs(store, settings, seed, dataset_size, init_loss_rows, method, compile)
-    prepare(store, attrs, settings.num_chains, settings.num_draws, overwrite=overwrite)
-    pending = pending_steps(store, GROUP, steps)
-    return map_checkpoints(_estimate, path, pending, workers=workers, scheduler=scheduler, threads=threads,
-                           progress=progress, desc="llc", settings=asdict(settings), seed=seed,
-                           dataset_size=dataset_size, init_loss_rows=init_loss_rows, method=method,
-                           compile=compile)
+    with store.writing(GROUP, wait=wait):
+        sid = prepare(store, attrs, settings.num_chains, settings.num_draws, overwrite=overwrite)
+        pending = pending_steps(store, GROUP, steps)
+        return map_checkpoints(_estimate, path, pending, workers=workers, scheduler=scheduler, threads=threads,
+                               progress=progress, desc="llc", settings=asdict(settings), seed=seed,
+                               dataset_size=dataset_size, init_loss_rows=init_loss_rows, method=method,
+                               compile=compile, settings_id=sid)
 
 
 def summary_table(path) -> str:

@@ -53,7 +53,7 @@ def _observe(path: str, step: int, *, names: list[str], probe_seed: int, modules
 
 def run(path, names: list[str] | None = None, *, probe_seed: int = 0, modules: list[str] = (), steps=None,
         overwrite: bool = False, workers: int = 0, scheduler: str | None = None, threads: int | None = None,
-        progress: bool = True) -> list[dict]:
+        progress: bool = True, wait: bool = False) -> list[dict]:
     """Compute ``names`` (default: every observable registered for the run's setting) where not
     yet done, at every written checkpoint or at ``steps``."""
     modules = list(modules)
@@ -67,7 +67,14 @@ def run(path, names: list[str] | None = None, *, probe_seed: int = 0, modules: l
                          f"{', '.join(obs.names(task=setting.observables))} (register your own with "
                          "@devarray.observables.observable and pass --module FILE)", argument="names")
     wanted = selected_steps(store, steps)
-    probe = setting.probe(store.config, probe_seed)
+    with store.writing(storage.GROUP, wait=wait):
+        return _run(store, path, names, wanted, setting.probe(store.config, probe_seed), probe_seed=probe_seed,
+                    modules=modules, overwrite=overwrite, workers=workers, scheduler=scheduler, threads=threads,
+                    progress=progress)
+
+
+def _run(store, path, names, wanted, probe, *, probe_seed, modules, overwrite, workers, scheduler, threads,
+         progress) -> list[dict]:
     fresh = [n for n in names if overwrite or not storage.allocated(store, n)]
     for n in names:
         if n not in fresh:

@@ -21,12 +21,27 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from devarray.errors import StoreError
-from devarray.store import RunStore
+from devarray.store import RunStore, settings_id
 
 
 def done(ds: xr.Dataset, flag: str = "done") -> xr.Dataset:
-    """The checkpoints of a group's dataset whose ``flag`` is set (readers trust ``done``)."""
-    return ds.isel(step=np.asarray(ds[flag].values, dtype=bool))
+    """The checkpoints of a group's dataset whose ``flag`` is set and whose results carry the
+    group's settings fingerprint (readers trust ``done``, and ``settings_id`` where recorded)."""
+    mask = np.asarray(ds[flag].values, dtype=bool)
+    if "settings_id" in ds and "settings_id" in ds.attrs:
+        mask &= np.asarray(ds.settings_id.values) == ds.attrs["settings_id"]
+    return ds.isel(step=mask)
+
+
+def write_checkpoint(store: RunStore, group: str, step: int, values: dict, expected_id: int) -> None:
+    """One checkpoint's results: the data with the fingerprint of the settings they were made
+    with, then — if the group still holds those settings — the done flag."""
+    store.write(group, step, {**values, "settings_id": np.int64(expected_id)})
+    live = store.group(group).attrs.get("settings_id")
+    if live != expected_id:
+        raise StoreError(f"the settings of {group} in {store.path} changed while step {step} was computed "
+                         "(another writer passed --overwrite); this result is not marked done")
+    store.mark_done(group, step)
 
 
 def selected_steps(store: RunStore, steps=None) -> np.ndarray:
@@ -51,17 +66,22 @@ def pending_steps(store: RunStore, group: str, steps=None, flag: str = "done") -
     return np.setdiff1d(selected_steps(store, steps), store.done_steps(group, flag))
 
 
-def prepare_group(store, group: str, coords: dict, attrs: dict, what: str, *, overwrite: bool) -> None:
+def prepare_group(store, group: str, coords: dict, attrs: dict, what: str, *, overwrite: bool) -> int:
     """Allocate ``group`` with its settings as attrs, or check that the stored one was made with
-    the same settings: results made otherwise are never mixed in or replaced without ``overwrite``."""
+    the same settings: results made otherwise are never mixed in or replaced without ``overwrite``.
+    The attrs get the settings' fingerprint (``settings_id``), returned for the tasks to write."""
+    attrs = {**attrs, "settings_id": settings_id(attrs)}
+    if not overwrite:
+        store.check_intact(group)
     if store.has_group(group) and not overwrite:
         stored = {k: store.group(group).attrs.get(k) for k in attrs}
         if stored != attrs:
             diff = sorted(k for k in attrs if stored.get(k) != attrs[k])
             raise StoreError(f"{store.path} holds {what} made with other settings ({', '.join(diff)}); "
                              "pass --overwrite to recompute them all")
-        return
+        return attrs["settings_id"]
     store.create_group(group, coords, attrs=attrs, overwrite=overwrite)
+    return attrs["settings_id"]
 
 
 def _with_threads(task: Callable, threads: int | None) -> Callable:

@@ -110,6 +110,7 @@ def llc_dataset(
         "escaped": _var("escaped", _CHAIN, d["escaped"]),
         "llc_drift": _var("llc_drift", _CHAIN, d["llc_drift"]),
         "llc_drift_z": _var("llc_drift_z", _CHAIN, d["llc_drift_z"]),
+        "all_diverged": _var("all_diverged", (), bool(d["diverged"].all())),
     }
     coords = {"chain": _var("chain", _CHAIN, np.arange(C)), "draw": _var("draw", ("draw",), np.arange(T))}
     attrs = settings.to_dict() | {
