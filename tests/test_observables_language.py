@@ -259,3 +259,14 @@ def test_compare_finds_the_largest_true_logit_changes(lm_store):
     assert (np.diff(top) <= 0).all()  # samples ordered by their largest change
     text = format_comparison(result, color=False)
     assert text.count("\n") >= 3 and "w" in text and "[" in text
+
+
+def test_figure_4_renders_from_the_store(lm_store, tmp_path):
+    from devarray.plots_language import metrics_figure, store_inputs, store_metrics_figure
+
+    out = store_metrics_figure(lm_store, tmp_path / "fig4.png")
+    assert out.stat().st_size > 10_000
+    ds, _ = store_inputs(lm_store)
+    assert len(metrics_figure(ds)) == 6
+    with pytest.raises(ValueError, match="devarray observe"):
+        metrics_figure(ds.drop_vars("icl_score"))

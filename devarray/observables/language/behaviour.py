@@ -35,8 +35,9 @@ def _data(probe) -> LanguageProbeData:
 
 @dataclass(frozen=True)
 class Pass:
-    """One pass over the probe contexts: mean loss per position k = 1..T−1 (float64) and, unless
-    ablated, the log-probabilities at the bigram pairs (P, V) float32."""
+    """One pass over the probe contexts: mean loss per position k = 1..T−1 (float64; the ablated pass
+    stops at the last of :data:`PAPER_POSITIONS` inside the context) and, unless ablated, the
+    log-probabilities at the bigram pairs (P, V) float32."""
 
     loss_k: torch.Tensor
     pair_logp: torch.Tensor | None
@@ -49,6 +50,8 @@ def _chunk(model, T: int) -> int:
 def _run(model, probe, ablate: bool) -> Pass:
     data = _data(probe) if not ablate else None
     tokens = probe.tokens
+    if ablate:  # only loss_by_position reads the ablated pass: stop after its last position (causal)
+        tokens = tokens[:, : max(k for k in PAPER_POSITIONS if k < tokens.shape[1]) + 1]
     n, T = tokens.shape
     loss = torch.zeros(T - 1, dtype=torch.float64)
     logp = None

@@ -123,7 +123,7 @@ def _per_head(values, model) -> xr.DataArray:
 def prev_token_score(model, probe) -> xr.DataArray:
     """Previous-token matching score (C.2.3, figure 4d): a head's attention from the last token [B] of
     ...[A][B] to [A], averaged over fixed synthetic sequences (BOS, then uniform non-BOS tokens; lengths
-    16–64 capped at the context; 1,000 of them by default, the paper's 10,000 on request: attrs
+    16–64 capped at the context; 500 of them by default, the paper's 10,000 on request: attrs
     probe_n_prev_token). 1 is a pure previous-token head."""
     return _per_head(prev_token_scores(model, probe), model)
 
@@ -134,7 +134,7 @@ def prefix_matching_score(model, probe) -> xr.DataArray:
     """Prefix-matching score (C.2.4, figure 4e; Olsson et al. 2022): in fixed sequences [A][B]…[A] of
     length 128 (capped at the context; BOS first, the first [A] in the first half with [B] right after it,
     the second [A] in the second half, the rest uniform over the other tokens), a head's attention from the
-    second [A] to [B], the token that followed the earlier [A], averaged over the sequences (1,000 by
+    second [A] to [B], the token that followed the earlier [A], averaged over the sequences (500 by
     default: attrs probe_n_prefix). The paper's text says "to the first instance of [A]"; its figure 4e
     rises for the induction heads, which attend to [B], so we follow Olsson et al.'s definition."""
     return _per_head(prefix_matching_scores(model, probe), model)
