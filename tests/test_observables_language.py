@@ -270,3 +270,25 @@ def test_figure_4_renders_from_the_store(lm_store, tmp_path):
     assert len(metrics_figure(ds)) == 6
     with pytest.raises(ValueError, match="devarray observe"):
         metrics_figure(ds.drop_vars("icl_score"))
+
+
+def test_corpus_probe_counts_sparse_bigrams_and_merge_order_ngrams():
+    from devarray.tasks.corpus import CorpusSource, train_tokenizer
+
+    rng = np.random.default_rng(0)
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", "away", "home"]
+    texts = [" ".join(rng.choice(words, size=30)) for _ in range(200)]
+    tok = train_tokenizer(texts, 300)
+    ids = np.array([[0] + tok.encode(t).ids[:31] for t in texts[:120]])
+    source = CorpusSource(ids[:100], {"test": ids[100:]}, tok)
+    contexts = torch.from_numpy(ids[100:])
+    data = probes.probe_data(source, contexts, seed=0)
+    assert data.bigram_table.is_sparse and data.ngram_source == "frequency"
+    rows = data.bigram_table.to_dense()
+    np.testing.assert_allclose(rows.sum(1).numpy(), 1.0, rtol=1e-5)  # every pair's current token was counted
+    assert data.ngrams[2].shape[1] == 2 and len(data.ngrams[2]) > 0 and not (data.ngrams[3] == 0).any()
+    # the paper's construction: a reference vocabulary in merge order, re-tokenised by the run's tokenizer
+    small = train_tokenizer(texts, 262)
+    grams = probes.merge_order_ngrams(small, tok, 2, limit=5)
+    assert grams.shape[1] == 2 and len(grams) > 0
+    assert all(len(small.encode(small.decode(g.tolist())).ids) == 2 for g in grams)
