@@ -177,14 +177,8 @@ def build_corpus(corpus: str, tokenizer: str | None, vocab_size: int, n_ctx: int
     of its rows, in the paper's order), training a BPE tokenizer of ``vocab_size`` on the
     training rows when none is given (a byte-level BPE has at least 258 tokens: the model's
     vocabulary follows the tokenizer's size); returns the run's data config."""
-    from devarray.tasks.corpus import (
-        CorpusSource,
-        CorpusSplits,
-        load_corpus,
-        load_tokenizer,
-        tokenizer_hash,
-        train_tokenizer,
-    )
+    from devarray.tasks.corpus import (CorpusSource, CorpusSplits, load_corpus, load_tokenizer, train_tokenizer,
+                                       tokenizer_hash)
 
     rows = load_corpus(corpus, streaming=False)
     column = next((c for c in ("text", "contents") if c in rows.column_names), None)
