@@ -197,7 +197,7 @@ def test_layernorm_collapse_fractions():
 
 
 def test_all_structural_dims(probe):
-    ds = obs.compute(hardwired([1, None, 0, 2]), obs.names(), probe)
+    ds = obs.compute(hardwired([1, None, 0, 2]), obs.names(task="regression"), probe)
     assert ds.attn_entropy.dims == ("layer", "head", "query") and list(ds["query"].values) == ["x", "y"]
     assert ds.token_embedding_sv.dims == ("sv_token",) and ds.sizes["sv_token"] == CFG.token_dim
     assert ds.ood_nmse.dims == ("kind", "g") and isinstance(ds, xr.Dataset)

@@ -7,6 +7,10 @@
 Register your own with :func:`observable`; see :mod:`devarray.observables.registry`.
 """
 
+from devarray.observables import (
+    language,  # and the language-model ones
+    regression,  # importing registers the regression observables
+)
 from devarray.observables.registry import (
     REGISTRY,
     ObservableSpec,
@@ -20,7 +24,6 @@ from devarray.observables.registry import (
     unregister,
     variables,
 )
-from devarray.observables import regression  # importing registers the regression observables
 
 __all__ = [
     "REGISTRY",
@@ -32,6 +35,7 @@ __all__ = [
     "get",
     "names",
     "observable",
+    "language",
     "regression",
     "unregister",
     "variables",

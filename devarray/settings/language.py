@@ -41,6 +41,7 @@ from torch.nn import functional as F
 
 from devarray.errors import ConfigError
 from devarray.models.attention_only import AttentionOnlyConfig, AttentionOnlyTransformer
+from devarray.observables.language.probes import LanguageProbeData, probe_data
 from devarray.schedules import checkpoint_schedule
 from devarray.slt.presets import LLCPreset
 from devarray.tasks.synthetic_language import LanguageConfig, SyntheticLanguage, TokenSource
@@ -229,13 +230,17 @@ class LanguageEvaluator:
 
 @dataclass(frozen=True, eq=False)
 class LanguageProbe:
-    """Fixed probe contexts of the language observables (stream 'probe')."""
+    """Fixed probe contexts of the language observables (stream 'probe'), and ``data``: the rest of
+    their fixed inputs (bigram pairs and table, common n-grams, synthetic attention sequences; see
+    :mod:`devarray.observables.language.probes`), None for a bare probe."""
 
     tokens: torch.Tensor
     seed: int
+    data: LanguageProbeData | None = None
 
     def attrs(self) -> dict:
-        return {"probe_seed": self.seed, "probe_n": int(self.tokens.shape[0])}
+        return {"probe_seed": self.seed, "probe_n": int(self.tokens.shape[0]),
+                **(self.data.attrs() if self.data is not None else {})}
 
 
 class LanguageSetting(Setting):
@@ -339,7 +344,8 @@ class LanguageSetting(Setting):
         return (fixed(config, m, "hessian"),)
 
     def probe(self, config: dict, seed: int = 0, n: int = 256) -> LanguageProbe:
-        return LanguageProbe(fixed(config, n, f"probe-{seed}"), seed)
+        tokens = fixed(config, n, f"probe-{seed}")
+        return LanguageProbe(tokens, seed, probe_data(token_source(config), tokens, seed))
 
     def probe_context(self, config: dict, seed: int = 0, length: int = 32) -> tuple[torch.Tensor, list[str]]:
         tokens = fixed(config, 1, f"probe-{seed}")[:, :length]
