@@ -219,8 +219,22 @@ def _cmd_figure(args) -> None:
     if Path(args.output).suffix.lower() != ".png":
         raise ConfigError(f"the figure is a PNG; give -o a name ending in .png, not {args.output}")
     _writable_dir(Path(args.output).parent, "-o")
-    _figure(args.stores, args.output)
+    if args.metrics:
+        from .plots_language import store_metrics_figure
+
+        if len(args.stores) != 1:
+            raise ConfigError("--metrics draws one run; give one store")
+        store_metrics_figure(args.stores[0], args.output)
+    else:
+        _figure(args.stores, args.output)
     print(f"figure written to {args.output}")
+
+
+def _cmd_compare(args) -> None:
+    from devarray.compare import compare, format_comparison
+
+    result = compare(args.store, args.step_from, args.step_to, n=args.n, n_samples=args.samples)
+    print(format_comparison(result, top=args.top, color=sys.stdout.isatty() and not args.no_color))
 
 
 def _cmd_info(args) -> None:
@@ -478,7 +492,18 @@ def build_parser() -> argparse.ArgumentParser:
     fi = sub.add_parser("figure", help="the paper's figure 1/B.2 for a run (several runs: overlaid, B.3)")
     fi.add_argument("stores", nargs="+")
     fi.add_argument("-o", "--output", default="figure.png", help="PNG file to write")
+    fi.add_argument("--metrics", action="store_true", help="figure 4 of a language run: its appendix-C metrics")
     fi.set_defaults(func=_cmd_figure)
+
+    co = sub.add_parser("compare", help="largest true-next-token logit changes between two checkpoints (C.1.4)")
+    co.add_argument("store")
+    co.add_argument("--from", dest="step_from", type=COUNT, required=True)
+    co.add_argument("--to", dest="step_to", type=COUNT, required=True)
+    co.add_argument("-n", type=POSITIVE_INT, default=5, help="samples to show")
+    co.add_argument("--samples", type=POSITIVE_INT, default=64, help="validation contexts searched")
+    co.add_argument("--top", type=POSITIVE_INT, default=8, help="tokens marked per sample")
+    co.add_argument("--no-color", action="store_true")
+    co.set_defaults(func=_cmd_compare)
 
     de = sub.add_parser("demo", help="the main job: train (quick) -> LLC -> Hessian -> observables -> stages -> figure")
     de.add_argument("setting", nargs="?", default="lr", metavar="SETTING", help=f"the setting (default lr; {known})")

@@ -248,7 +248,7 @@ def test_observe_writes_every_language_metric_at_every_checkpoint(lm_store):
 
 
 def test_compare_finds_the_largest_true_logit_changes(lm_store):
-    from devarray.observables.language.compare import compare, format_comparison
+    from devarray.compare import compare, format_comparison
     from devarray.store import RunStore
 
     steps = RunStore.open(lm_store, mode="r").steps()
