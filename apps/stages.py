@@ -105,6 +105,12 @@ def _dataset(path: str, group: str, token: tuple) -> xr.Dataset:
     return xr.open_zarr(path, group=group, consolidated=False, chunks={})
 
 
+@pn.cache(max_items=128)
+def _loaded(path: str, group: str, token: tuple) -> xr.Dataset:
+    """A small group read whole (stages: every plot's shading and hover read it)."""
+    return _dataset(path, group, token).load()
+
+
 @pn.cache(max_items=512)
 def _done_steps(path: str, group: str, flag: str, token: tuple) -> np.ndarray:
     ds = _dataset(path, group, token)
@@ -191,9 +197,11 @@ class StagesExplorer(pn.viewable.Viewer):
     fill the explorer and its checkpoints the checkpoint view; the other runs are overlaid."""
 
     runs = param.ListSelector(default=[], objects=[], doc="Stores shown; the first leads.")
-    variable = param.Selector(default=None, objects=[], allow_None=True, check_on_set=True, doc="'group/name' of the explored variable.")
+    variable = param.Selector(default=None, objects=[], allow_None=True, check_on_set=True,
+                              doc="'group/name' of the explored variable.")
     dims = param.Dict(default={}, doc="Labels chosen along each non-step dim of the variable.")
-    step = param.Selector(default=None, objects=[], allow_None=True, check_on_set=True, doc="Checkpoint of the checkpoint view.")
+    step = param.Selector(default=None, objects=[], allow_None=True, check_on_set=True,
+                          doc="Checkpoint of the checkpoint view (one of the stored ones).")
     tab = param.Integer(default=0, bounds=(0, 2), doc="Shown tab: runs, variables, checkpoint.")
     refreshed = param.Integer(default=0, doc="Bumped by refresh(); views redraw.")
     message = param.String(default="", doc="Last refresh's note.")
@@ -319,7 +327,8 @@ class StagesExplorer(pn.viewable.Viewer):
 
     # ----------------------------------------------------------------- the runs tab
     def _stages(self, path: str) -> xr.Dataset:
-        ds = self.dataset(path, "stages")
+        self.dataset(path, "stages")  # says what to run when it is missing
+        ds = _loaded(path, "stages", self.tokens[path])
         if "stage_start" not in ds:
             raise MissingData(f"{run_name(path)}: the stages group has no stages; rerun `devarray stages {path}`")
         return ds
@@ -342,7 +351,7 @@ class StagesExplorer(pn.viewable.Viewer):
     def stage_of(self, path: str, steps: np.ndarray) -> np.ndarray:
         """'2 (increasing)' for each step, from the run's boundaries (a boundary starts the next stage)."""
         try:
-            s = self._stages(path).load()
+            s = self._stages(path)
         except MissingData:
             return np.full(len(steps), "no stages yet", dtype=object)
         ids = 1 + np.searchsorted(s.boundary_step.values, steps, side="right")
@@ -455,7 +464,7 @@ class StagesExplorer(pn.viewable.Viewer):
         and the first and last stored checkpoint inside each stage."""
         from devarray.stages import stage_table
 
-        s = self._stages(self.lead).load()
+        s = self._stages(self.lead)
         ev = self.dataset(self.lead, "eval")
         loss = ev[["test_loss"]].sel(step=self.done_steps(self.lead, "eval")).load()
         table = stage_table(s, loss).rename(columns={f"Δ{s.attrs.get('variable', 'y')}": "Δ LLC",
@@ -776,7 +785,7 @@ class StagesExplorer(pn.viewable.Viewer):
                         parts.append(f"{g} {len(self.done_steps(p, g))}/{self.dataset(p, g).sizes['step']}")
                     except Exception:  # noqa: BLE001
                         parts.append(f"{g} unreadable")
-            cfg = f"config {groups.get(p, '?')}" + (f" — **differs**: {'; '.join(diff)}" if diff else "")
+            cfg = f"config {groups.get(p, '?')}" + (f" — **differs**: {'; '.join(f'`{d}`' for d in diff)}" if diff else "")
             lines.append(f"- **{run_name(p)}** ({info['config'].get('setting', '?')}, "
                          f"{info['config'].get('preset', '?')}, seed {info['config'].get('seed', '?')}; {cfg}): "
                          + ", ".join(parts))
@@ -802,11 +811,10 @@ class StagesExplorer(pn.viewable.Viewer):
             # a store that gains a checkpoint while the page is open shows it without a click
             pn.state.add_periodic_callback(self.poll, period=POLL_SECONDS * 1000)
         settings = sorted({str(self.info(p)["config"].get("setting", "?")) for p in self.paths if self._readable(p)})
-        return pn.template.FastListTemplate(
+        # Bootstrap, not Fast: the Fast design always links a Google font, and the page must work offline
+        return pn.template.BootstrapTemplate(
             title="devarray — developmental stages" + (f" ({', '.join(settings)})" if settings else ""),
-            sidebar=[runs, refresh, self.status_view()],
-            main=[tabs], sidebar_width=360, theme_toggle=False,
-            font="system-ui, sans-serif", font_url="")  # the Fast theme's default font comes from Google
+            sidebar=[runs, refresh, self.status_view()], main=[tabs], sidebar_width=360)
 
     def _readable(self, path: str) -> bool:
         try:

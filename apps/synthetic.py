@@ -10,6 +10,7 @@ quick run), so the stages pipeline finds warm and cold stages in it.
 from __future__ import annotations
 
 import numpy as np
+import xarray as xr
 
 from devarray.store import RunStore
 
@@ -48,11 +49,34 @@ def write_llc(store: RunStore, steps=None, *, chains: int = 4, draws: int = 40, 
         store.mark_done("llc", step)
 
 
+def write_stages(store: RunStore) -> xr.Dataset:
+    """The ``stages`` group as ``devarray stages`` writes it (pipelines/stages.py: the LLC staged,
+    test loss and weight norm smoothed, over a ``curve`` dim), made here with devarray.stages so
+    that the app's tests need no pipeline (the app never imports one either)."""
+    from devarray.stages import find_stages
+
+    def done(group):
+        ds = store.dataset(group)
+        return ds.isel(step=ds.done.values.astype(bool)).load()
+
+    llc, ev = done("llc"), done("eval")
+    curves = {"llc_mean": llc.llc_mean, "test_loss": ev.test_loss, "weight_norm": ev.weight_norm}
+    fits = {name: find_stages(da) for name, da in curves.items()}
+    main = fits["llc_mean"]
+    parts = ["smooth", "slope", "slope_lo", "slope_hi"]
+    smooth = xr.concat([f[parts].expand_dims(curve=[n]) for n, f in fits.items()], dim="curve", join="outer")
+    ds = main.drop_vars(parts + ["stage"]).merge(smooth, join="outer")
+    ds["stage"] = ("step", 1 + np.searchsorted(main.boundary_step.values, ds.step.values, side="right"),
+                   main.stage.attrs)
+    ds.attrs = {**main.attrs, "source": "llc/llc_mean", "source_checkpoints": int(llc.sizes["step"])}
+    store.write_group("stages", ds, overwrite=True)
+    return ds
+
+
 def paper_size_store(path, *, chains: int = 10, draws: int = 5000, seed: int = 0) -> RunStore:
     """A store of the regression setting's paper preset (190 checkpoints of 500k steps): the
     initial weights plus a small random walk as every checkpoint's params, eval curves, an llc
-    group of ``chains`` × ``draws`` and the stages pipeline's group."""
-    from devarray.pipelines import stages as stage_pipeline
+    group of ``chains`` × ``draws`` and stages found on its LLC."""
     from devarray.settings import setting_for
     from devarray.train import make_config, prepare_store
 
@@ -73,5 +97,5 @@ def paper_size_store(path, *, chains: int = 10, draws: int = 5000, seed: int = 0
                                    "test_loss_k": np.full(k, loss, "float32")})
         store.mark_done("eval", step)
     write_llc(store, steps, chains=chains, draws=draws, seed=seed, diverged_chain=0)
-    stage_pipeline.run(path)
+    write_stages(store)
     return store

@@ -1,7 +1,7 @@
 """The app's state (apps/stages.py StagesExplorer), without a browser.
 
-Stores: copies of the tiny training run with a synthetic llc group (apps/synthetic.py) and the
-real stages pipeline on it: seed 0 and seed 1 of one config, and one with another learning rate.
+Stores: copies of the tiny training run with a synthetic llc group and stages found on it
+(apps/synthetic.py): seed 0 and seed 1 of one config, and one with another learning rate.
 """
 
 import shutil
@@ -18,7 +18,6 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "apps"))
 import stages as app  # noqa: E402
 import synthetic  # noqa: E402
 
-from devarray.pipelines import stages as stage_pipeline  # noqa: E402
 from devarray.store import RunStore, VarSpec  # noqa: E402
 
 
@@ -48,7 +47,7 @@ def runs(tiny_store, tmp_path_factory):
                                 ("lr-tiny-lr1e-3-s0", {"schedule.lr": 0.001}, 2)):
         store = _copy(tiny_store, root / f"{name}.zarr", **changes)
         synthetic.write_llc(store, chains=3, draws=40, seed=seed, diverged_chain=1)
-        stage_pipeline.run(store.path)
+        synthetic.write_stages(store)
         paths.append(str(store.path))
     return root, paths
 
