@@ -785,7 +785,8 @@ class StagesExplorer(pn.viewable.Viewer):
                         parts.append(f"{g} {len(self.done_steps(p, g))}/{self.dataset(p, g).sizes['step']}")
                     except Exception:  # noqa: BLE001
                         parts.append(f"{g} unreadable")
-            cfg = f"config {groups.get(p, '?')}" + (f" — **differs**: {'; '.join(f'`{d}`' for d in diff)}" if diff else "")
+            shown = "; ".join(f"`{d}`" for d in diff)  # code spans: markdown would turn schedule.lr into a link
+            cfg = f"config {groups.get(p, '?')}" + (f" — **differs**: {shown}" if diff else "")
             lines.append(f"- **{run_name(p)}** ({info['config'].get('setting', '?')}, "
                          f"{info['config'].get('preset', '?')}, seed {info['config'].get('seed', '?')}; {cfg}): "
                          + ", ".join(parts))
