@@ -1,188 +1,840 @@
-"""Explore run stores: loss, LLC and stages over training, and any observable beside them.
+"""Look at training runs: loss, LLC and stages over training, any stored variable, any checkpoint.
 
-    panel serve apps/stages.py                       # every store in stores/
+    panel serve apps/stages.py                         # every store in stores/
     panel serve apps/stages.py --args stores/lr-quick-s*.zarr
+    devarray app stores/lr-quick-s*.zarr               # the same server; prints its address
 
-Reads stores only (through xarray); it never computes or writes. Pick a run, see the paper's
-figure 1 panels (test loss, LLC with its band, weight norm over log step with the stages
-shaded), the stage table, and any variable of the ``observables`` group, sliced along its
-other dims, on the same step axis with the same stage shading.
+It reads stores only (through xarray, lazily: only what is shown is read). The one computation is
+a forward pass of the shown checkpoint on its setting's probe context, for the attention view;
+it goes through the setting seam (``Setting.attention``), so every setting is served alike.
+
+- **Runs**: test loss and LLC (± its spread over chains) over log step with the stages of
+  figure 1 (warm hues: LLC rising, cold: falling; dashed lines: boundaries), the GP slope below;
+  several runs overlaid (seeds of one config: figure B.3); the stage table links each stage to
+  its first and last checkpoint.
+- **Variables**: any variable of any group with a ``step`` dim, sliced along its other dims.
+- **Checkpoint**: for one stored checkpoint, every head's attention pattern on the probe
+  context, the layer-norm parameters and the SGLD chains (LLC traces, flags, R-hat, ESS).
+
+State lives in :class:`StagesExplorer` (a ``pn.viewable.Viewer``): set its parameters from
+Python or the widgets and read its data methods; the views only draw what those return.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
+import json
 import os
 import sys
+import time
+from pathlib import Path
 
 import holoviews as hv
 import numpy as np
+import pandas as pd
 import panel as pn
+import param
 import xarray as xr
 
-from devarray.plots import stage_overlay
+from devarray.plots import stage_colors, stage_overlay
 
-hv.extension("bokeh")
-pn.extension("tabulator")
+hv.extension("bokeh", logo=False)
+# inline: every JS/CSS resource is embedded in the page or served by this server, none from a CDN,
+# so the app works offline (it is often run on a compute node without internet access)
+pn.extension("tabulator", inline=True)
+pn.config.inline = True
 
 STORES = os.environ.get("DEVARRAY_STORES", "stores/*.zarr")
+MAX_LINES = 40  # more lines than this make an unreadable plot; the explorer asks to narrow the selection
+CHOICE_LIMIT = 200  # dims longer than this (e.g. 5,000 draws) get a slider instead of a multi-choice
+POLL_SECONDS = 15
+STEP = hv.Dimension("step", label="training step", unit="steps")
+RUN_COLORS = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf", "#bcbd22", "#ff7f0e")
+# groups of the variable explorer in the order a researcher reads them; others follow sorted
+GROUP_ORDER = ("eval", "llc", "hessian", "observables", "stages", "params", "optimizer")
 
 
+class MissingData(LookupError):
+    """What a panel needs is not (yet) in the store: the message says what to run."""
+
+
+# ---------------------------------------------------------------------------------- store reads
 def store_paths(args: list[str] | None = None) -> list[str]:
+    """Stores matching the paths/globs in ``args`` (default: ``sys.argv[1:]``, else ``stores/``)."""
     args = args if args is not None else sys.argv[1:]
-    paths = [p for a in (args or [STORES]) for p in sorted(glob.glob(a))]
-    return [p for p in paths if os.path.exists(os.path.join(p, "zarr.json"))]
+    paths = [p for a in (args or [STORES]) for p in sorted(glob.glob(str(a)))]
+    return list(dict.fromkeys(os.path.normpath(p) for p in paths if os.path.exists(os.path.join(p, "zarr.json"))))
 
 
-def _group(path: str, group: str) -> xr.Dataset | None:
-    try:
-        ds = xr.open_zarr(path, group=group)
-    except (FileNotFoundError, KeyError, ValueError):
-        return None
-    return ds.load()
+def run_name(path: str) -> str:
+    return Path(path).name.removesuffix(".zarr")
 
 
-def _done(ds: xr.Dataset | None, flag: str = "done") -> xr.Dataset | None:
-    if ds is None or flag not in ds:
+def store_token(path: str) -> tuple:
+    """Changes when the store gains a group, a variable or a done checkpoint: the modification
+    times of the group metadata and of the done flags' chunk folders (a new chunk is a new file).
+    Cheap (a few dozen stats), so the app can poll it and reads can be cached under it."""
+    stamps = []
+    with os.scandir(path) as groups:
+        for g in groups:
+            if not g.is_dir():
+                continue
+            for meta in (os.path.join(g.path, "zarr.json"), g.path):
+                stamps.append(os.stat(meta).st_mtime_ns if os.path.exists(meta) else 0)
+            with os.scandir(g.path) as arrays:
+                for a in arrays:
+                    if a.name.startswith("done") and os.path.isdir(os.path.join(a.path, "c")):
+                        stamps.append(os.stat(os.path.join(a.path, "c")).st_mtime_ns)
+    return (os.stat(os.path.join(path, "zarr.json")).st_mtime_ns, *stamps)
+
+
+# Cached under the store's token: reused across sessions and widgets, re-read after the store changes.
+@pn.cache(max_items=128)
+def _store_info(path: str, token: tuple) -> dict:
+    from devarray.store import RunStore
+
+    store = RunStore.open(path, mode="r", validate=False)  # clear errors for foreign or newer stores
+    return {"config": dict(store.config), "groups": store.groups()}
+
+
+@pn.cache(max_items=512)
+def _dataset(path: str, group: str, token: tuple) -> xr.Dataset:
+    # chunks={}: dask arrays with the store's chunks (one checkpoint each), nothing read yet;
+    # live metadata, not the consolidated copy, since a pipeline may be adding variables
+    return xr.open_zarr(path, group=group, consolidated=False, chunks={})
+
+
+@pn.cache(max_items=128)
+def _loaded(path: str, group: str, token: tuple) -> xr.Dataset:
+    """A small group read whole (stages: every plot's shading and hover read it)."""
+    return _dataset(path, group, token).load()
+
+
+@pn.cache(max_items=512)
+def _done_steps(path: str, group: str, flag: str, token: tuple) -> np.ndarray:
+    ds = _dataset(path, group, token)
+    return ds.step.values[np.asarray(ds[flag].values, dtype=bool)]
+
+
+@pn.cache(max_items=64)
+def _attention(path: str, step: int, token: tuple) -> xr.DataArray:
+    from devarray.checkpoints import load_model
+    from devarray.settings import setting_for
+    from devarray.store import RunStore
+
+    store = RunStore.open(path, mode="r", validate=False)
+    setting = setting_for(store.config)
+    return setting.attention(load_model(store, step), store.config)
+
+
+def _without_seeds(cfg):
+    if isinstance(cfg, dict):
+        return {k: _without_seeds(v) for k, v in cfg.items() if k != "seed"}
+    return cfg
+
+
+def _flat(cfg, prefix: str = "") -> dict:
+    if not isinstance(cfg, dict):
+        return {prefix: cfg}
+    out = {}
+    for k, v in cfg.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else k))
+    return out
+
+
+def config_difference(cfg: dict, reference: dict) -> list[str]:
+    """``key: value`` for every config entry (seeds aside) where ``cfg`` differs from ``reference``."""
+    a, b = _flat(_without_seeds(cfg)), _flat(_without_seeds(reference))
+    return [f"{k}: {a.get(k)} (vs {b.get(k)})" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def _describe(e: Exception) -> str:
+    if isinstance(e, (MissingData, LookupError)) and not isinstance(e, KeyError):
+        return str(e)
+    if isinstance(e, KeyError):
+        return f"not in the store: {e}"
+    # a corrupt or half-written chunk: zarr's codecs raise all sorts; name it and move on
+    return f"{type(e).__name__}: {e}"
+
+
+def guarded(title: str):
+    """A view that fails shows why in its place (a missing group, a corrupt chunk, an unknown
+    setting), and every other view keeps working."""
+    def wrap(method):
+        @functools.wraps(method)
+        def view(self, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - any read error becomes a message, never a dead page
+                return pn.pane.Alert(f"**{title}** — {_describe(e)}", alert_type="warning", sizing_mode="stretch_width")
+        return view
+    return wrap
+
+
+def _dim(da: xr.DataArray, name: str | None = None) -> hv.Dimension:
+    """An axis named from the variable's CF attributes (long_name and units)."""
+    units = da.attrs.get("units")
+    return hv.Dimension(name or str(da.name), label=da.attrs.get("long_name", str(da.name)),
+                        unit=None if units in (None, "", "1") else units)
+
+
+def _dim_label(ds: xr.Dataset, dim: str) -> str:
+    attrs = ds[dim].attrs if dim in ds.variables else {}
+    long_name = attrs.get("long_name")
+    units = attrs.get("units")
+    label = f"{long_name} ({dim})" if long_name and long_name != dim else dim
+    return f"{label} [{units}]" if units not in (None, "", "1") else label
+
+
+def _labels(ds: xr.Dataset, dim: str) -> list:
+    return ds[dim].values.tolist() if dim in ds.variables else list(range(ds.sizes[dim]))
+
+
+# ---------------------------------------------------------------------------------- the state
+class StagesExplorer(pn.viewable.Viewer):
+    """The app's state. ``runs[0]`` is the *lead* run: its stages shade the plots, its variables
+    fill the explorer and its checkpoints the checkpoint view; the other runs are overlaid."""
+
+    runs = param.ListSelector(default=[], objects=[], doc="Stores shown; the first leads.")
+    variable = param.Selector(default=None, objects=[], allow_None=True, check_on_set=True,
+                              doc="'group/name' of the explored variable.")
+    dims = param.Dict(default={}, doc="Labels chosen along each non-step dim of the variable.")
+    step = param.Selector(default=None, objects=[], allow_None=True, check_on_set=True,
+                          doc="Checkpoint of the checkpoint view (one of the stored ones).")
+    tab = param.Integer(default=0, bounds=(0, 2), doc="Shown tab: runs, variables, checkpoint.")
+    refreshed = param.Integer(default=0, doc="Bumped by refresh(); views redraw.")
+    message = param.String(default="", doc="Last refresh's note.")
+
+    def __init__(self, patterns: list[str] | None = None, **params):
+        super().__init__(**params)
+        self.patterns = list(patterns) if patterns else [STORES]
+        self.tokens: dict[str, tuple] = {}
+        self._scan()
+        if not self.runs:
+            self.runs = self.paths[:1]
+        self.param.watch(self._lead_changed, "runs")
+        self.param.watch(self._variable_changed, "variable")
+        self._lead_changed()
+
+    # ----------------------------------------------------------------- runs and refresh
+    @property
+    def paths(self) -> list[str]:
+        return list(self.tokens)
+
+    @property
+    def lead(self) -> str | None:
+        return self.runs[0] if self.runs else None
+
+    def _scan(self) -> None:
+        tokens = {}
+        for p in store_paths(self.patterns):
+            try:
+                tokens[p] = store_token(p)
+            except OSError:
+                continue  # vanished between glob and stat
+        self.tokens = tokens
+        self.param.runs.objects = {self.run_label(p): p for p in tokens}
+        self.runs = [p for p in self.runs if p in tokens]
+
+    def info(self, path: str) -> dict:
+        return _store_info(path, self.tokens[path])
+
+    def dataset(self, path: str, group: str) -> xr.Dataset:
+        info = self.info(path)
+        if group not in info["groups"]:
+            cmd = {"eval": "train", "params": "train"}.get(group, group)
+            raise MissingData(f"{run_name(path)} has no `{group}` group yet: run `devarray {cmd} {path}`")
+        return _dataset(path, group, self.tokens[path])
+
+    def done_steps(self, path: str, group: str, flag: str = "done") -> np.ndarray:
+        ds = self.dataset(path, group)
+        if flag not in ds:
+            return ds.step.values
+        return _done_steps(path, group, flag, self.tokens[path])
+
+    def config_groups(self) -> dict[str, str]:
+        """A letter per distinct config (seeds aside) over every store, in path order."""
+        keys, out = {}, {}
+        for p in self.paths:
+            try:
+                key = json.dumps(_without_seeds(self.info(p)["config"]), sort_keys=True)
+            except Exception:  # noqa: BLE001 - an unreadable store gets its own group
+                key = f"unreadable:{p}"
+            out[p] = keys.setdefault(key, chr(ord("A") + len(keys)))
+        return out
+
+    def run_label(self, path: str) -> str:
+        try:
+            cfg = self.info(path)["config"]
+            group = self.config_groups()[path]
+            return f"{run_name(path)} · config {group}, seed {cfg.get('seed', '?')}"
+        except Exception:  # noqa: BLE001
+            return f"{run_name(path)} · unreadable"
+
+    def legend_label(self, path: str) -> str:
+        """A run's name in plot legends; a run whose config differs from the lead's says how."""
+        if self.lead is None or path == self.lead:
+            return run_name(path)
+        try:
+            diff = config_difference(self.info(path)["config"], self.info(self.lead)["config"])
+        except Exception:  # noqa: BLE001
+            return run_name(path)
+        return f"{run_name(path)} (other config: {'; '.join(diff[:2])}{'…' if len(diff) > 2 else ''})" if diff \
+            else run_name(path)
+
+    def refresh(self, *_) -> None:
+        """Re-read what changed on disk: new stores, groups, variables and done checkpoints."""
+        before = dict(self.tokens)
+        self._scan()
+        changed = [run_name(p) for p in self.tokens if before.get(p) != self.tokens[p]]
+        self._lead_changed()
+        self.message = (f"refreshed {time.strftime('%H:%M:%S')}: " + (", ".join(changed) + " changed" if changed
+                                                                        else "nothing new"))
+        self.refreshed += 1
+
+    def poll(self) -> None:
+        """The periodic callback: refresh only when a store changed."""
+        now = {}
+        for p in store_paths(self.patterns):
+            try:
+                now[p] = store_token(p)
+            except OSError:
+                continue
+        if now != self.tokens:
+            self.refresh()
+
+    def _lead_changed(self, *_) -> None:
+        lead = self.lead
+        try:
+            variables = self.variable_options() if lead else {}
+        except Exception:  # noqa: BLE001 - an unreadable lead run: its panels say why
+            variables = {}
+        try:
+            steps = [int(s) for s in self.done_steps(lead, "params")] if lead else []
+        except Exception:  # noqa: BLE001 - shown by the checkpoint view itself
+            steps = []
+        self.param.variable.objects = variables
+        self.param.step.objects = steps
+        with param.parameterized.batch_call_watchers(self):
+            values = list(variables.values())
+            if self.variable not in values:
+                default = [v for v in values if v.startswith("observables/")] or values
+                self.variable = default[0] if default else None
+            if self.step not in steps:
+                self.step = steps[-1] if steps else None
+        self._variable_changed()
+
+    # ----------------------------------------------------------------- the runs tab
+    def _stages(self, path: str) -> xr.Dataset:
+        self.dataset(path, "stages")  # says what to run when it is missing
+        ds = _loaded(path, "stages", self.tokens[path])
+        if "stage_start" not in ds:
+            raise MissingData(f"{run_name(path)}: the stages group has no stages; rerun `devarray stages {path}`")
         return ds
-    return ds.isel(step=ds[flag].values.astype(bool))
+
+    def stage_shading(self) -> hv.Overlay | None:
+        """Figure 1's shading from the lead run's stages, with every shown run's boundaries."""
+        parts = []
+        for p in self.runs:
+            try:
+                s = self._stages(p)
+            except MissingData:
+                continue
+            parts.append(s[["stage_start", "stage_end", "stage_direction", "boundary_step"]].load())
+        if not parts:
+            return None
+        if len(parts) == 1:
+            return stage_overlay(parts[0])
+        return stage_overlay(xr.concat(parts, dim="run", join="outer"))
+
+    def stage_of(self, path: str, steps: np.ndarray) -> np.ndarray:
+        """'2 (increasing)' for each step, from the run's boundaries (a boundary starts the next stage)."""
+        try:
+            s = self._stages(path)
+        except MissingData:
+            return np.full(len(steps), "no stages yet", dtype=object)
+        ids = 1 + np.searchsorted(s.boundary_step.values, steps, side="right")
+        direction = dict(zip(s.stage_id.values.tolist(), map(str, s.stage_direction.values)))
+        return np.array([f"{i} ({direction.get(int(i), '?')})" for i in ids], dtype=object)
+
+    def curve_data(self, path: str, group: str, name: str, flag: str = "done") -> xr.DataArray:
+        """One run's curve over its done checkpoints (step > 0: the step axis is logarithmic)."""
+        ds = self.dataset(path, group)
+        if name not in ds:
+            raise MissingData(f"{run_name(path)}: {group} has no variable `{name}`")
+        steps = self.done_steps(path, group, flag)
+        steps = steps[steps > 0]
+        if not len(steps):
+            raise MissingData(f"{run_name(path)}: no done {group} checkpoint yet (training or `devarray {group}` "
+                              "still running?); refresh when it has written one")
+        return ds[name].sel(step=steps).load()
+
+    def run_curves(self) -> dict[str, dict]:
+        """Per shown run: ``test_loss``, ``llc_mean``, ``llc_std`` and ``slope`` (the GP's, with
+        ``slope_lo``/``slope_hi``), each a DataArray or the message saying why it is missing."""
+        out = {}
+        for p in self.runs:
+            row = {}
+            for key, group, name in (("test_loss", "eval", "test_loss"), ("llc_mean", "llc", "llc_mean"),
+                                     ("llc_std", "llc", "llc_std")):
+                try:
+                    row[key] = self.curve_data(p, group, name)
+                except Exception as e:  # noqa: BLE001
+                    row[key] = _describe(e)
+            try:
+                s = self._stages(p)
+                variable = s.attrs.get("variable", "llc_mean")
+                fit = s[["slope", "slope_lo", "slope_hi"]].sel(curve=variable).load()
+                fit = fit.isel(step=np.isfinite(fit.slope.values) & (fit.step.values > 0))
+                for k in ("slope", "slope_lo", "slope_hi"):
+                    row[k] = fit[k].assign_attrs(long_name=f"GP slope of {variable} in log step", units="1 / log step")
+            except Exception as e:  # noqa: BLE001
+                row["slope"] = _describe(e)
+            out[p] = row
+        return out
+
+    def _run_curve(self, path: str, da: xr.DataArray, y: hv.Dimension, color: str) -> hv.Curve:
+        steps = da.step.values
+        data = pd.DataFrame({"step": steps, y.name: da.values, "stage": self.stage_of(path, steps),
+                             "run": run_name(path)})
+        return hv.Curve(data, STEP, [y, hv.Dimension("stage"), hv.Dimension("run")],
+                        label=self.legend_label(path)).opts(color=color, tools=["hover"], line_width=2)
+
+    def _panel(self, rows: dict, key: str, band: tuple[str, str] | None, title: str) -> tuple[hv.Overlay | None, list]:
+        items, notes = [], []
+        for i, (p, row) in enumerate(rows.items()):
+            da = row.get(key)
+            if not isinstance(da, xr.DataArray):
+                notes.append(da or f"{run_name(p)}: no {key}")
+                continue
+            color = RUN_COLORS[i % len(RUN_COLORS)]
+            y = _dim(da, key)
+            if band is not None:
+                lo, hi = band
+                if isinstance(row.get(lo), xr.DataArray) and isinstance(row.get(hi), xr.DataArray):
+                    a, b = row[lo], row[hi]
+                elif lo == "±" and isinstance(row.get(hi), xr.DataArray):
+                    s = row[hi].sel(step=da.step)
+                    a, b = da - s, da + s
+                else:
+                    a = b = None
+                if a is not None:
+                    items.append(hv.Area((da.step.values, a.values, b.values), STEP, [y, f"{key}_upper"])
+                                 .opts(color=color, alpha=0.2, line_width=0))
+            items.append(self._run_curve(p, da, y, color))
+            da_shown = da
+        if not items:
+            return None, notes
+        plot = hv.Overlay(items)
+        shade = self.stage_shading()
+        if shade is not None:
+            plot = shade * plot  # under the curves
+        if key == "slope":
+            plot = plot * hv.HLine(0).opts(color="grey", line_width=1)
+        # name the axes: the shading drawn first would label them x and y
+        return plot.opts(title=title, logx=True, responsive=True, height=250, show_grid=True, xlabel=STEP.pprint_label,
+                         ylabel=_dim(da_shown, key).pprint_label, legend_position="top_left", show_legend=True), notes
+
+    @param.depends("runs", "refreshed")
+    @guarded("Runs")
+    def runs_view(self) -> pn.viewable.Viewable:
+        if not self.runs:
+            return pn.pane.Markdown("*Select one or more runs in the sidebar.*")
+        rows = self.run_curves()
+        panes, notes = [], []
+        for key, band, title in (("test_loss", None, "Test loss"),
+                                 ("llc_mean", ("±", "llc_std"), "LLC (band: ± std over chains)"),
+                                 ("slope", ("slope_lo", "slope_hi"), "Slope of the LLC's GP fit in log step "
+                                  "(zero at the boundaries)")):
+            plot, why = self._panel(rows, key, band, title)
+            notes += why
+            if plot is not None:
+                panes.append(pn.pane.HoloViews(plot, sizing_mode="stretch_width", linked_axes=True))
+        legend = pn.pane.Markdown(
+            "Shading: the lead run's stages — **warm** hues where the LLC rises, **cold** where it falls; "
+            "dashed lines: stage boundaries of every shown run. Hover a curve for step, value and stage.",
+            sizing_mode="stretch_width")
+        alerts = [pn.pane.Alert("\n".join(f"- {n}" for n in dict.fromkeys(notes)), alert_type="info")] if notes else []
+        return pn.Column(legend, *alerts, *panes, sizing_mode="stretch_width")
+
+    # ----------------------------------------------------------------- stage table
+    def stage_rows(self) -> pd.DataFrame:
+        """The lead run's stages: start, end, direction, change of the LLC and of the test loss,
+        and the first and last stored checkpoint inside each stage."""
+        from devarray.stages import stage_table
+
+        s = self._stages(self.lead)
+        ev = self.dataset(self.lead, "eval")
+        loss = ev[["test_loss"]].sel(step=self.done_steps(self.lead, "eval")).load()
+        table = stage_table(s, loss).rename(columns={f"Δ{s.attrs.get('variable', 'y')}": "Δ LLC",
+                                                     "Δtest_loss": "Δ test loss"})
+        steps = np.asarray(self.param.step.objects, dtype=np.int64)
+        first, last = [], []
+        for a, b in zip(table.start.values, table.end.values):
+            inside = steps[(steps >= a) & (steps <= b)]
+            first.append(int(inside[0]) if len(inside) else None)
+            last.append(int(inside[-1]) if len(inside) else None)
+        table["first checkpoint"], table["last checkpoint"] = first, last
+        return table
+
+    def goto_stage(self, stage: int, which: str = "first") -> int | None:
+        """Show the first or last checkpoint of ``stage`` in the checkpoint view."""
+        row = self.stage_rows().loc[int(stage)]
+        step = row[f"{which} checkpoint"]
+        if step is None or pd.isna(step):
+            return None
+        self.param.update(step=int(step), tab=2)
+        return int(step)
+
+    @param.depends("runs", "refreshed")
+    @guarded("Stage table")
+    def stage_table_view(self) -> pn.viewable.Viewable:
+        if not self.lead:
+            return pn.pane.Markdown("")
+        table = self.stage_rows()
+        colors = stage_colors(table.direction.values)
+        table.insert(0, "colour", ["■"] * len(table))
+        widget = pn.widgets.Tabulator(
+            table, disabled=True, show_index=True, sizing_mode="stretch_width", height=min(60 + 34 * len(table), 320),
+            buttons={"first": "<u title='open the first checkpoint of this stage'>first</u>",
+                     "last": "<u title='open the last checkpoint of this stage'>last</u>"},
+            formatters={"Δ LLC": {"type": "money", "precision": 3}, "Δ test loss": {"type": "money", "precision": 3}})
+        widget.style.apply(lambda col: [f"color: {c}; font-size: 18px" for c in colors], subset=["colour"])
+
+        def click(event):
+            if event.column in ("first", "last"):
+                self.goto_stage(table.index[event.row], event.column)
+
+        widget.on_click(click)
+        return pn.Column(pn.pane.Markdown(f"### Stages of {run_name(self.lead)}  \n"
+                                          "Changes between the stage's ends; *first* / *last* open its first / last "
+                                          "checkpoint in the *Checkpoint* tab."), widget, sizing_mode="stretch_width")
+
+    # ----------------------------------------------------------------- variable explorer
+    def variable_options(self) -> dict[str, str]:
+        """Every numeric variable with a ``step`` dim in every group of the lead run (done flags
+        aside): a newly registered observable appears here with no change to the app."""
+        options = {}
+        groups = self.info(self.lead)["groups"]
+        ordered = [g for g in GROUP_ORDER if g in groups] + sorted(set(groups) - set(GROUP_ORDER))
+        for group in ordered:
+            try:
+                ds = self.dataset(self.lead, group)
+            except Exception:  # noqa: BLE001 - a broken group lists nothing; its panels say why
+                continue
+            for name in sorted(ds.data_vars):
+                da = ds[name]
+                if "step" in da.dims and da.dtype.kind in "fiub" and not str(name).startswith("done"):
+                    long_name = da.attrs.get("long_name", name)
+                    label = f"{group} / {name}" + (f" — {long_name}" if long_name != name else "")
+                    options[label] = f"{group}/{name}"
+        return options
+
+    def variable_array(self) -> xr.DataArray:
+        """The explored variable over the lead run's done checkpoints (still lazy)."""
+        if not self.variable:
+            raise MissingData("no variable with a step dim in this run yet")
+        group, name = self.variable.split("/", 1)
+        ds = self.dataset(self.lead, group)
+        da = ds[name]
+        observable = da.attrs.get("observable", name)
+        flag = f"done_{observable}" if f"done_{observable}" in ds else "done"
+        return da.sel(step=self.done_steps(self.lead, group, flag))
+
+    def default_dims(self) -> dict[str, list]:
+        """All labels of short dims (a line each), the first label of longer ones."""
+        try:
+            da = self.variable_array()
+        except Exception:  # noqa: BLE001
+            return {}
+        ds = self.dataset(self.lead, self.variable.split("/", 1)[0])
+        return {d: (_labels(ds, d) if da.sizes[d] <= 8 else _labels(ds, d)[:1]) for d in da.dims if d != "step"}
+
+    def _variable_changed(self, *_) -> None:
+        self.dims = self.default_dims()
+
+    def variable_data(self) -> xr.DataArray:
+        """The selection (``dims``) of the explored variable, read: only these chunks, only these
+        labels, stacked into ``line`` when it has other dims."""
+        da = self.variable_array()
+        ds = self.dataset(self.lead, self.variable.split("/", 1)[0])
+        for d in da.dims:
+            if d == "step":
+                continue
+            chosen = self.dims.get(d) or _labels(ds, d)[:1]
+            labels = _labels(ds, d)
+            index = [labels.index(v) for v in chosen if v in labels]
+            if not index:
+                raise MissingData(f"none of {chosen} is a label of {d}")
+            da = da.isel({d: index})
+        other = [d for d in da.dims if d != "step"]
+        n = int(np.prod([da.sizes[d] for d in other])) if other else 1
+        if n > MAX_LINES:
+            raise MissingData(f"{n} lines selected; choose at most {MAX_LINES} (fewer labels per dim)")
+        da = da.isel(step=da.step.values > 0)
+        return (da.stack(line=other) if other else da.expand_dims(line=[str(da.name)])).transpose("step", "line").load()
+
+    def dim_widgets(self) -> list[pn.widgets.Widget]:
+        """A widget per non-step dim of the variable, labelled from its coordinate's attrs."""
+        try:
+            da = self.variable_array()
+        except Exception:  # noqa: BLE001
+            return []
+        ds = self.dataset(self.lead, self.variable.split("/", 1)[0])
+        widgets = []
+        for d in da.dims:
+            if d == "step":
+                continue
+            labels = _labels(ds, d)
+            chosen = self.dims.get(d, labels[:1])
+            if len(labels) > CHOICE_LIMIT:
+                w = pn.widgets.DiscreteSlider(label=_dim_label(ds, d), options={str(v): v for v in labels},
+                                              value=chosen[0] if chosen else labels[0], sizing_mode="stretch_width")
+                w.param.watch(lambda e, d=d: self.param.update(dims={**self.dims, d: [e.new]}), "value")
+            else:
+                w = pn.widgets.MultiChoice(label=_dim_label(ds, d), options={str(v): v for v in labels},
+                                           value=[v for v in chosen if v in labels], sizing_mode="stretch_width")
+                w.param.watch(lambda e, d=d: self.param.update(dims={**self.dims, d: list(e.new)}), "value")
+            widgets.append(w)
+        return widgets
+
+    @param.depends("variable", "dims", "runs", "refreshed")
+    @guarded("Variable")
+    def variable_view(self) -> pn.viewable.Viewable:
+        da = self.variable_data()
+        y = _dim(da, "value")
+        other = [d for d in da.indexes["line"].names if d != "line"] if "line" in da.indexes else []
+        lines = []
+        stage = self.stage_of(self.lead, da.step.values)
+        for i in range(da.sizes["line"]):
+            key = da.line.values[i]
+            label = " ".join(f"{d}={v}" for d, v in zip(other, np.atleast_1d(key))) if other else str(da.name)
+            data = pd.DataFrame({"step": da.step.values, "value": da.isel(line=i).values.astype(float),
+                                 "stage": stage, "line": label})
+            lines.append(hv.Curve(data, STEP, [y, "stage", "line"], label=label).opts(tools=["hover"]))
+        plot = hv.Overlay(lines)
+        shade = self.stage_shading()
+        plot = (shade * plot) if shade is not None else plot
+        group = self.variable.split("/", 1)[0]
+        title = f"{da.attrs.get('long_name', da.name)} ({group}/{da.name}) — {run_name(self.lead)}"
+        plot = plot.opts(title=title, logx=True, responsive=True, height=460, show_grid=True, xlabel=STEP.pprint_label,
+                         ylabel=y.pprint_label, legend_position="right", show_legend=len(lines) > 1,
+                         legend_opts={"label_text_font_size": "8pt", "spacing": 0, "glyph_height": 12})
+        about = da.attrs.get("description", "")
+        return pn.Column(pn.pane.HoloViews(plot, sizing_mode="stretch_width"),
+                         pn.pane.Markdown(f"*{about}*" if about else "", sizing_mode="stretch_width"),
+                         sizing_mode="stretch_width")
+
+    @param.depends("variable", "runs", "refreshed")
+    def explorer_controls(self) -> pn.viewable.Viewable:
+        select = pn.widgets.Select.from_param(self.param.variable, label="variable (group / name — long name)",
+                                              sizing_mode="stretch_width")
+        return pn.Column(select, *self.dim_widgets(), sizing_mode="stretch_width")
+
+    # ----------------------------------------------------------------- checkpoint view
+    def _lead_step(self) -> int:
+        if self.lead is None:
+            raise MissingData("no run selected")
+        if self.step is None:
+            raise MissingData(f"{run_name(self.lead)} has no written checkpoint yet (training just started?); "
+                              "refresh when it has one")
+        return int(self.step)
+
+    def attention_data(self) -> xr.DataArray:
+        """Every head's attention on the setting's probe context at the shown checkpoint."""
+        return _attention(self.lead, self._lead_step(), self.tokens[self.lead])
+
+    @param.depends("step", "runs", "refreshed")
+    @guarded("Attention")
+    def attention_view(self) -> pn.viewable.Viewable:
+        a = self.attention_data()
+        q = [str(v) for v in a.query_pos.values]
+        k = [str(v) for v in a.key_pos.values]
+        # repeated tokens (language contexts) would share an axis tick: number them
+        q = q if len(set(q)) == len(q) else [f"{i}:{t}" for i, t in enumerate(q)]
+        k = k if len(set(k)) == len(k) else [f"{i}:{t}" for i, t in enumerate(k)]
+        value = _dim(a, "weight")
+        heads = []
+        for layer in a["layer"].values:
+            for head in a["head"].values:  # a.head is DataArray.head()
+                z = a.sel(layer=layer, head=head).values
+                img = hv.Image((np.arange(len(k)), np.arange(len(q)), z), ["key", "query"], value)
+                heads.append(img.opts(title=f"layer {layer} · head {head}", cmap="viridis", clim=(0, 1),
+                                      xticks=list(enumerate(k)), yticks=list(enumerate(q)), invert_yaxis=True,
+                                      xlabel="key token", ylabel="query token", xrotation=90, tools=["hover"],
+                                      frame_width=190, frame_height=190, colorbar=False, fontsize={"ticks": 7}))
+        layout = hv.Layout(heads).cols(a.sizes["head"]).opts(shared_axes=False)
+        try:
+            from devarray.settings import setting_for
+
+            title = setting_for(self.info(self.lead)["config"]).title
+        except Exception:  # noqa: BLE001
+            title = "its setting"
+        return pn.Column(pn.pane.Markdown(f"**Attention at step {self.step}** on the probe context of {title} "
+                                          "(rows: query token, columns: key token; 0 = dark, 1 = bright)."),
+                         pn.pane.HoloViews(layout), sizing_mode="stretch_width")
+
+    def ln_data(self) -> dict[str, xr.DataArray]:
+        """The layer-norm parameters (params variables whose name contains 'ln') at the shown step."""
+        step = self._lead_step()
+        ds = self.dataset(self.lead, "params")
+        names = [v for v in ds.data_vars if "ln" in str(v) and "step" in ds[v].dims]
+        if not names:
+            raise MissingData(f"{run_name(self.lead)}'s model has no layer-norm parameters ('ln' in the name)")
+        return {v: ds[v].sel(step=step).load() for v in sorted(names)}
+
+    @param.depends("step", "runs", "refreshed")
+    @guarded("Layer norms")
+    def ln_view(self) -> pn.viewable.Viewable:
+        data = self.ln_data()
+        panels = []
+        for kind in ("weight", "bias"):
+            curves = []
+            for name, da in data.items():
+                if (kind == "weight") != (not str(name).endswith("bias")):
+                    continue
+                values = da.values.ravel()
+                curves.append(hv.Curve((np.arange(len(values)), values), hv.Dimension("i", label="feature index"),
+                                       hv.Dimension(kind, label=f"layer-norm {kind}"), label=str(name)))
+            if curves:
+                plural = {"weight": "weights", "bias": "biases"}[kind]
+                panels.append(hv.Overlay(curves).opts(title=f"Layer-norm {plural} at step {self.step}", responsive=True,
+                                                      height=260, show_grid=True, legend_position="right"))
+        return pn.Column(*[pn.pane.HoloViews(p, sizing_mode="stretch_width") for p in panels],
+                         sizing_mode="stretch_width")
+
+    def chain_data(self) -> tuple[xr.DataArray, pd.DataFrame, dict]:
+        """At the shown step: the per-chain LLC traces (chain, draw) — one checkpoint's slab,
+        nothing else of the llc group — a table of the chains' flags, LLC, ESS and split R-hat,
+        and a summary (mean, std, R-hat over the kept chains)."""
+        step = self._lead_step()
+        ds = self.dataset(self.lead, "llc")
+        done = self.done_steps(self.lead, "llc")
+        if step not in set(done.tolist()):
+            raise MissingData(f"no LLC estimate at step {step} ({len(done)} of {ds.sizes['step']} checkpoints done); "
+                              f"run `devarray llc {self.lead}`")
+        at = ds.sel(step=step)
+        trace = at.llc_trace.load()
+        per_chain = [v for v in ("llc_per_chain", "diverged", "not_converged", "escaped", "llc_ess") if v in at]
+        table = at[per_chain].load().to_dataframe()[per_chain]
+        loss = at["loss"].load().values if "loss" in at else None
+        summary = {"llc_mean": float(at.llc_mean.values), "llc_std": float(at.llc_std.values)}
+        try:
+            import arviz as az
+
+            # R-hat of one chain is split-R-hat of its halves: does the chain agree with itself?
+            if loss is not None and loss.shape[1] >= 8:
+                half = loss.shape[1] // 2
+                table["split R-hat"] = [float(az.rhat(row[: 2 * half].reshape(2, half))) for row in loss]
+                table["arviz ESS"] = [float(az.ess(row[None, :])) for row in loss]
+                kept = ~table["diverged"].values.astype(bool) if "diverged" in table else slice(None)
+                if np.count_nonzero(kept) >= 2:
+                    summary["rhat"] = float(az.rhat(loss[kept]))
+        except ImportError:
+            pass  # llc_ess is stored per chain; R-hat needs arviz
+        return trace, table, summary
+
+    @param.depends("step", "runs", "refreshed")
+    @guarded("SGLD chains")
+    def sgld_view(self) -> pn.viewable.Viewable:
+        trace, table, summary = self.chain_data()
+        curves = []
+        for c in trace.chain.values:
+            flags = [f for f in ("diverged", "not_converged", "escaped") if f in table and bool(table.loc[c, f])]
+            label = f"chain {c}" + (f" ({', '.join(f.replace('_', ' ') for f in flags)})" if flags else "")
+            curves.append(hv.Curve((trace.draw.values, trace.sel(chain=c).values), _dim(trace.draw, "draw"),
+                                   _dim(trace, "llc"), label=label).opts(line_dash="dashed" if flags else "solid"))
+        plot = hv.Overlay(curves).opts(title=f"Online LLC estimate of each SGLD chain at step {self.step} "
+                                             "(figure A.5; dashed: flagged chains)", responsive=True, height=300,
+                                       show_grid=True, legend_position="right", tools=["hover"])
+        rhat = f", R-hat over kept chains {summary['rhat']:.3f}" if "rhat" in summary else ""
+        return pn.Column(
+            pn.pane.HoloViews(plot, sizing_mode="stretch_width"),
+            pn.pane.Markdown(f"LLC {summary['llc_mean']:.3f} ± {summary['llc_std']:.3f} over non-diverged chains"
+                             f"{rhat}. Per chain: the stored flags and effective draws (`llc_ess`), and split R-hat "
+                             "(near 1: the chain's two halves agree) of its SGLD losses."),
+            pn.widgets.Tabulator(table.reset_index(), disabled=True, show_index=False, sizing_mode="stretch_width",
+                                 formatters={c: {"type": "money", "precision": 3} for c in table.columns
+                                             if table[c].dtype.kind == "f"}),
+            sizing_mode="stretch_width")
+
+    # ----------------------------------------------------------------- layout
+    def status_view(self) -> pn.viewable.Viewable:
+        return pn.panel(self._status, sizing_mode="stretch_width")
+
+    @param.depends("runs", "refreshed", "message")
+    def _status(self) -> pn.viewable.Viewable:
+        lines = []
+        groups = self.config_groups()
+        lead_cfg = None
+        for p in self.runs:
+            try:
+                info = self.info(p)
+            except Exception as e:  # noqa: BLE001
+                lines.append(f"- **{run_name(p)}**: cannot be read — {_describe(e)}")
+                continue
+            lead_cfg = lead_cfg or info["config"]
+            diff = config_difference(info["config"], lead_cfg)
+            parts = []
+            for g in ("params", "llc", "observables", "stages"):
+                if g not in info["groups"]:
+                    parts.append(f"no {g}")
+                elif g in ("params", "llc"):
+                    try:
+                        parts.append(f"{g} {len(self.done_steps(p, g))}/{self.dataset(p, g).sizes['step']}")
+                    except Exception:  # noqa: BLE001
+                        parts.append(f"{g} unreadable")
+            shown = "; ".join(f"`{d}`" for d in diff)  # code spans: markdown would turn schedule.lr into a link
+            cfg = f"config {groups.get(p, '?')}" + (f" — **differs**: {shown}" if diff else "")
+            lines.append(f"- **{run_name(p)}** ({info['config'].get('setting', '?')}, "
+                         f"{info['config'].get('preset', '?')}, seed {info['config'].get('seed', '?')}; {cfg}): "
+                         + ", ".join(parts))
+        note = f"\n\n<small>{self.message}</small>" if self.message else ""
+        return pn.pane.Markdown("\n".join(lines) + note, sizing_mode="stretch_width")
+
+    def __panel__(self) -> pn.template.BaseTemplate:
+        runs = pn.widgets.MultiSelect.from_param(self.param.runs, label="runs (first selected leads)", size=8,
+                                                 sizing_mode="stretch_width")
+        refresh = pn.widgets.Button(label="↻ refresh stores", color="primary", sizing_mode="stretch_width")
+        refresh.on_click(self.refresh)
+        slider = pn.widgets.DiscreteSlider.from_param(self.param.step, label="checkpoint (training step)",
+                                                      sizing_mode="stretch_width")
+        tabs = pn.Tabs(
+            ("Runs", pn.Column(self.runs_view, self.stage_table_view, sizing_mode="stretch_width")),
+            ("Variables", pn.Row(pn.Column(self.explorer_controls, width=320), pn.Column(
+                self.variable_view, sizing_mode="stretch_width"), sizing_mode="stretch_width")),
+            ("Checkpoint", pn.Column(slider, self.attention_view, self.ln_view, pn.pane.Markdown("### SGLD chains"),
+                                     self.sgld_view, sizing_mode="stretch_width")),
+            sizing_mode="stretch_width", dynamic=False)
+        tabs.link(self, active="tab", bidirectional=True)
+        if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+            # a store that gains a checkpoint while the page is open shows it without a click
+            pn.state.add_periodic_callback(self.poll, period=POLL_SECONDS * 1000)
+        settings = sorted({str(self.info(p)["config"].get("setting", "?")) for p in self.paths if self._readable(p)})
+        # Bootstrap, not Fast: the Fast design always links a Google font, and the page must work offline
+        return pn.template.BootstrapTemplate(
+            title="devarray — developmental stages" + (f" ({', '.join(settings)})" if settings else ""),
+            sidebar=[runs, refresh, self.status_view()], main=[tabs], sidebar_width=360)
+
+    def _readable(self, path: str) -> bool:
+        try:
+            self.info(path)
+            return True
+        except Exception:  # noqa: BLE001
+            return False
 
 
-def load_run(path: str) -> dict[str, xr.Dataset | None]:
-    """The groups the app shows, restricted to done checkpoints."""
-    return {
-        "eval": _done(_group(path, "eval")),
-        "llc": _done(_group(path, "llc")),
-        "stages": _group(path, "stages"),
-        "observables": _group(path, "observables"),
-    }
-
-
-def stage_spans(stages: xr.Dataset | None) -> hv.Overlay | None:
-    """Shaded stages and boundary lines: the same overlay as the PNG figures."""
-    if stages is None or "stage_start" not in stages:
-        return None
-    return stage_overlay(stages)
-
-
-def curve(da: xr.DataArray, label: str | None = None) -> hv.Curve:
-    da = da.where(da.step > 0, drop=True)  # log step axis
-    name = da.attrs.get("long_name", da.name)
-    return hv.Curve((da.step.values, da.values), "step", (str(da.name), name), label=label or name).opts(
-        logx=True, responsive=True, height=220, tools=["hover"])
-
-
-def with_band(mean: xr.DataArray, std: xr.DataArray) -> hv.Overlay:
-    m = mean.where(mean.step > 0, drop=True)
-    s = std.sel(step=m.step)
-    band = hv.Area((m.step.values, (m - s).values, (m + s).values), "step", [str(m.name), "upper"]).opts(
-        alpha=0.25, logx=True, line_width=0)
-    return band * curve(m)
-
-
-def main_panels(run: dict) -> list:
-    shade = stage_spans(run["stages"])
-    panels = []
-    ev, llc = run["eval"], run["llc"]
-    items = []
-    if ev is not None and ev.sizes.get("step", 0):
-        items.append(curve(ev.test_loss))
-    if llc is not None and llc.sizes.get("step", 0):
-        items.append(with_band(llc.llc_mean, llc.llc_std))
-    if ev is not None and ev.sizes.get("step", 0):
-        items.append(curve(ev.weight_norm))
-    for item in items:
-        panels.append((shade * item) if shade is not None else item)
-    return panels
-
-
-def stage_table(stages: xr.Dataset | None) -> pn.pane.PaneBase:
-    if stages is None or "stage_start" not in stages:
-        return pn.pane.Markdown("*No stages yet: run `devarray stages STORE`.*")
-    df = xr.Dataset({k: stages[k] for k in ("stage_start", "stage_end", "stage_direction") if k in stages}).to_dataframe()
-    return pn.widgets.Tabulator(df, disabled=True, height=220, sizing_mode="stretch_width")
-
-
-def observable_names(obs: xr.Dataset | None) -> list[str]:
-    if obs is None:
-        return []
-    return sorted(v for v in obs.data_vars if not v.startswith("done_") and obs[v].dtype.kind in "fiub")
-
-
-def observable_plot(obs: xr.Dataset, name: str, stages: xr.Dataset | None, selection: dict) -> hv.Overlay:
-    """Every line of variable ``name`` over step, for the selected values of its other dims."""
-    flag = f"done_{obs[name].attrs.get('observable', name)}"
-    da = _done(obs, flag)[name] if flag in obs else obs[name]
-    for d, chosen in selection.items():  # widget values are strings; match them to the coordinate
-        if d in da.dims and chosen:
-            keep = [i for i, v in enumerate(da[d].values) if str(v) in set(map(str, chosen))]
-            da = da.isel({d: keep})
-    other = [d for d in da.dims if d != "step"]
-    stacked = da.stack(line=other) if other else da.expand_dims(line=[name])
-    labels = [" ".join(f"{d}={v}" for d, v in zip(other, np.atleast_1d(key))) if other else name
-              for key in stacked.line.values]
-    lines = [curve(stacked.isel(line=i).rename(name), label=labels[i]) for i in range(stacked.sizes["line"])]
-    plot = hv.Overlay(lines).opts(legend_position="right", responsive=True, height=300)
-    shade = stage_spans(stages)
-    return shade * plot if shade is not None else plot
-
-
-def build_app(paths: list[str]) -> pn.template.BaseTemplate | pn.Column:
-    if not paths:
+def build_app(paths: list[str] | None = None) -> pn.viewable.Viewable:
+    """The page for the stores matching ``paths`` (globs allowed; default ``stores/*.zarr``)."""
+    patterns = list(paths) if paths else [STORES]
+    explorer = StagesExplorer(patterns)
+    if not explorer.paths:
         return pn.Column(pn.pane.Markdown(
-            "## No run stores found\nTrain one: `devarray demo` or `devarray train lr --preset quick`, "
-            f"then reload (looked for `{STORES}`)."))
-    run_select = pn.widgets.Select(label="run", options=paths, value=paths[0])
-    obs_select = pn.widgets.Select(label="observable", options=[])
-    dim_box = pn.Column()
-    main = pn.Column(sizing_mode="stretch_width")
-    table = pn.Column(sizing_mode="stretch_width")
-    obs_pane = pn.Column(sizing_mode="stretch_width")
-    state: dict = {}
-
-    def refresh_observable(*_):
-        run = state["run"]
-        name = obs_select.value
-        if not name:
-            obs_pane[:] = [pn.pane.Markdown("*No observables yet: run `devarray observe STORE`.*")]
-            return
-        selection = {w.label: w.value for w in dim_box if w.value}
-        obs_pane[:] = [pn.pane.HoloViews(observable_plot(run["observables"], name, run["stages"], selection),
-                                         sizing_mode="stretch_width")]
-
-    def refresh_dims(*_):
-        run = state["run"]
-        dim_box.clear()
-        if obs_select.value:
-            da = run["observables"][obs_select.value]
-            for d in da.dims:
-                if d != "step" and da.sizes[d] > 1:
-                    values = list(map(str, da[d].values)) if d in da.coords else list(map(str, range(da.sizes[d])))
-                    widget = pn.widgets.MultiChoice(label=d, options=values, value=[])
-                    widget.param.watch(refresh_observable, "value")
-                    dim_box.append(widget)
-        refresh_observable()
-
-    def refresh_run(*_):
-        run = load_run(run_select.value)
-        state["run"] = run
-        main[:] = [pn.pane.HoloViews(p, sizing_mode="stretch_width") for p in main_panels(run)] or [
-            pn.pane.Markdown("*Nothing written yet.*")]
-        table[:] = [stage_table(run["stages"])]
-        names = observable_names(run["observables"])
-        obs_select.options = names
-        obs_select.value = "attn_entropy" if "attn_entropy" in names else (names[0] if names else None)
-        refresh_dims()
-
-    run_select.param.watch(refresh_run, "value")
-    obs_select.param.watch(refresh_dims, "value")
-    refresh_run()
-    return pn.template.FastListTemplate(
-        title="devarray — developmental stages",
-        sidebar=[run_select, obs_select, dim_box],
-        main=[main, pn.pane.Markdown("### Stages"), table, pn.pane.Markdown("### Observable"), obs_pane],
-    )
+            "## No run stores found\nTrain one: `devarray demo` or `devarray train SETTING --preset quick`, "
+            f"then reload (looked for `{' '.join(patterns)}`)."))
+    return explorer.__panel__()
 
 
-if __name__.startswith("bokeh"):  # `panel serve apps/stages.py`
-    build_app(store_paths()).servable()
+if __name__.startswith("bokeh"):  # `panel serve apps/stages.py [--args PATHS]`
+    build_app(sys.argv[1:]).servable()
