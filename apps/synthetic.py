@@ -74,7 +74,7 @@ def write_stages(store: RunStore) -> xr.Dataset:
 
 
 def paper_size_store(path, *, chains: int = 10, draws: int = 5000, seed: int = 0) -> RunStore:
-    """A store of the regression setting's paper preset (190 checkpoints of 500k steps): the
+    """A store of the "lr" setting's paper preset (190 checkpoints of 500k steps): the
     initial weights plus a small random walk as every checkpoint's params, eval curves, an llc
     group of ``chains`` × ``draws`` and stages found on its LLC."""
     from devarray.settings import setting_for

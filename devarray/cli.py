@@ -101,8 +101,7 @@ def _cmd_hessian(args) -> None:
     for path in args.stores:
         presets = setting_for(RunStore.open(path, mode="r").config).hessian_presets
         if args.preset not in presets:
-            raise ConfigError(f"unknown Hessian preset {args.preset!r}; choose one of {', '.join(presets)}",
-                              argument="preset")
+            raise ConfigError(f"unknown Hessian preset {args.preset!r}; choose one of {', '.join(presets)}")
         settings = dict(presets[args.preset])
         settings.update({k: getattr(args, k) for k in ("batch_size", "num_probes", "top_k") if getattr(args, k) is not None})
         settings["num_lanczos"] = max(settings["num_lanczos"], settings["top_k"])
@@ -237,6 +236,12 @@ def _cmd_compare(args) -> None:
     print(format_comparison(result, top=args.top, color=sys.stdout.isatty() and not args.no_color))
 
 
+def _cmd_app(args) -> None:
+    from .app_server import serve
+
+    serve(args.paths, port=args.port, show=args.show)
+
+
 def _cmd_info(args) -> None:
     from .store import RunStore
 
@@ -271,7 +276,7 @@ def _llc_preset(setting, config: dict, name: str):
     presets = setting.llc_presets_for(config)
     if name not in presets:
         raise ConfigError(f"unknown LLC preset {name!r} for the {setting.title} setting; choose one of "
-                          f"{', '.join(presets)}", argument="preset")
+                          f"{', '.join(presets)}")
     return presets[name]
 
 
@@ -514,6 +519,12 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--verbose", action="store_true", help="also print the LLC of every checkpoint")
     de.add_argument("--quiet", action="store_true", help="no progress bars")
     de.set_defaults(func=_cmd_demo)
+
+    ap = sub.add_parser("app", help="serve the run explorer (apps/stages.py) and print its address")
+    ap.add_argument("paths", nargs="*", metavar="PATH", help="run stores or globs (default stores/*.zarr)")
+    ap.add_argument("--port", type=POSITIVE_INT, default=None, help="port (default: a free one)")
+    ap.add_argument("--show", action="store_true", help="open it in a browser")
+    ap.set_defaults(func=_cmd_app)
 
     i = sub.add_parser("info", help="what a store holds and how complete it is")
     i.add_argument("stores", nargs="+")

@@ -79,8 +79,8 @@ def run(path, settings: SGLDSettings, *, seed: int = 0, dataset_size: int, init_
     small batches (benchmarks/llc_throughput.py --compile); numbers agree within rounding."""
     store = RunStore.open(path)
     if dataset_size < settings.batch_size:
-        raise StoreError(f"the SGLD dataset ({dataset_size}) is smaller than the batch ({settings.batch_size})",
-                         argument="dataset_size")
+        raise StoreError(f"dataset_size ({dataset_size}) is smaller than the SGLD batch ({settings.batch_size}); "
+                         "give a larger dataset or a smaller batch", argument="dataset_size")
     pending_steps(store, GROUP, steps)  # refuses steps that are not checkpoints before anything is written
     attrs = sampler_attrs(store, settings, seed, dataset_size, init_loss_rows, method, compile)
     with store.writing(GROUP, wait=wait):

@@ -149,8 +149,8 @@ def test_divergence_stops_with_message_and_keeps_checkpoints(tmp_path):
     "args, message",
     [
         (["--preset", "huge"], "unknown preset 'huge'"),
-        (["--steps", "-5"], "--steps must be positive"),
-        (["--seed", "-1"], "seed must be a non-negative"),
+        (["--steps", "-5"], "--steps: -5 is not a positive integer"),
+        (["--seed", "-1"], "--seed: -1 is not a non-negative integer seed"),
         (["--out", "/proc/devarray-test.zarr"], "cannot create /proc/devarray-test.zarr"),
     ],
 )

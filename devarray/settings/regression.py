@@ -161,7 +161,7 @@ class RegressionSetting(Setting):
 
     def config(self, preset: str = "quick", seed: int = 0, **overrides) -> RegressionRun:
         if preset not in PRESETS:
-            raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}", argument="preset")
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         if seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {seed}", argument="seed")
         given = {k: v for k, v in overrides.items() if v is not None}
