@@ -537,4 +537,7 @@ def open_runs(pattern: str, group: str) -> xr.Dataset:
         tasks.append(str(store.root.attrs.get("setting", "")))
         presets.append(str(store.root.attrs.get("preset", "")))
     ds = xr.concat(datasets, dim="run", join="outer", combine_attrs="drop_conflicts")
+    for flag in [v for v in ds.data_vars if v == "done" or v.startswith("done_")]:
+        # a step a run lacks is not done there: keep the flags boolean, never NaN-padded floats
+        ds[flag] = ds[flag].fillna(False).astype(bool)
     return ds.assign_coords(run=names, seed=("run", seeds), setting=("run", tasks), preset=("run", presets))
