@@ -161,6 +161,7 @@ def _describe(e: Exception) -> str:
 def guarded(title: str):
     """A view that fails shows why in its place (a missing group, a corrupt chunk, an unknown
     setting), and every other view keeps working."""
+
     def wrap(method):
         @functools.wraps(method)
         def view(self, *args, **kwargs):
@@ -168,15 +169,20 @@ def guarded(title: str):
                 return method(self, *args, **kwargs)
             except Exception as e:  # noqa: BLE001 - any read error becomes a message, never a dead page
                 return pn.pane.Alert(f"**{title}** — {_describe(e)}", alert_type="warning", sizing_mode="stretch_width")
+
         return view
+
     return wrap
 
 
 def _dim(da: xr.DataArray, name: str | None = None) -> hv.Dimension:
     """An axis named from the variable's CF attributes (long_name and units)."""
     units = da.attrs.get("units")
-    return hv.Dimension(name or str(da.name), label=da.attrs.get("long_name", str(da.name)),
-                        unit=None if units in (None, "", "1") else units)
+    return hv.Dimension(
+        name or str(da.name),
+        label=da.attrs.get("long_name", str(da.name)),
+        unit=None if units in (None, "", "1") else units,
+    )
 
 
 def _dim_label(ds: xr.Dataset, dim: str) -> str:
@@ -197,11 +203,17 @@ class StagesExplorer(pn.viewable.Viewer):
     fill the explorer and its checkpoints the checkpoint view; the other runs are overlaid."""
 
     runs = param.ListSelector(default=[], objects=[], doc="Stores shown; the first leads.")
-    variable = param.Selector(default=None, objects=[], allow_None=True, check_on_set=True,
-                              doc="'group/name' of the explored variable.")
+    variable = param.Selector(
+        default=None, objects=[], allow_None=True, check_on_set=True, doc="'group/name' of the explored variable."
+    )
     dims = param.Dict(default={}, doc="Labels chosen along each non-step dim of the variable.")
-    step = param.Selector(default=None, objects=[], allow_None=True, check_on_set=True,
-                          doc="Checkpoint of the checkpoint view (one of the stored ones).")
+    step = param.Selector(
+        default=None,
+        objects=[],
+        allow_None=True,
+        check_on_set=True,
+        doc="Checkpoint of the checkpoint view (one of the stored ones).",
+    )
     tab = param.Integer(default=0, bounds=(0, 2), doc="Shown tab: runs, variables, checkpoint.")
     refreshed = param.Integer(default=0, doc="Bumped by refresh(); views redraw.")
     message = param.String(default="", doc="Last refresh's note.")
@@ -280,8 +292,11 @@ class StagesExplorer(pn.viewable.Viewer):
             diff = config_difference(self.info(path)["config"], self.info(self.lead)["config"])
         except Exception:  # noqa: BLE001
             return run_name(path)
-        return f"{run_name(path)} (other config: {'; '.join(diff[:2])}{'…' if len(diff) > 2 else ''})" if diff \
+        return (
+            f"{run_name(path)} (other config: {'; '.join(diff[:2])}{'…' if len(diff) > 2 else ''})"
+            if diff
             else run_name(path)
+        )
 
     def refresh(self, *_) -> None:
         """Re-read what changed on disk: new stores, groups, variables and done checkpoints."""
@@ -289,8 +304,9 @@ class StagesExplorer(pn.viewable.Viewer):
         self._scan()
         changed = [run_name(p) for p in self.tokens if before.get(p) != self.tokens[p]]
         self._lead_changed()
-        self.message = (f"refreshed {time.strftime('%H:%M:%S')}: " + (", ".join(changed) + " changed" if changed
-                                                                        else "nothing new"))
+        self.message = f"refreshed {time.strftime('%H:%M:%S')}: " + (
+            ", ".join(changed) + " changed" if changed else "nothing new"
+        )
         self.refreshed += 1
 
     def poll(self) -> None:
@@ -366,8 +382,10 @@ class StagesExplorer(pn.viewable.Viewer):
         steps = self.done_steps(path, group, flag)
         steps = steps[steps > 0]
         if not len(steps):
-            raise MissingData(f"{run_name(path)}: no done {group} checkpoint yet (training or `devarray {group}` "
-                              "still running?); refresh when it has written one")
+            raise MissingData(
+                f"{run_name(path)}: no done {group} checkpoint yet (training or `devarray {group}` "
+                "still running?); refresh when it has written one"
+            )
         return ds[name].sel(step=steps).load()
 
     def run_curves(self) -> dict[str, dict]:
@@ -376,8 +394,11 @@ class StagesExplorer(pn.viewable.Viewer):
         out = {}
         for p in self.runs:
             row = {}
-            for key, group, name in (("test_loss", "eval", "test_loss"), ("llc_mean", "llc", "llc_mean"),
-                                     ("llc_std", "llc", "llc_std")):
+            for key, group, name in (
+                ("test_loss", "eval", "test_loss"),
+                ("llc_mean", "llc", "llc_mean"),
+                ("llc_std", "llc", "llc_std"),
+            ):
                 try:
                     row[key] = self.curve_data(p, group, name)
                 except Exception as e:  # noqa: BLE001
@@ -396,10 +417,12 @@ class StagesExplorer(pn.viewable.Viewer):
 
     def _run_curve(self, path: str, da: xr.DataArray, y: hv.Dimension, color: str) -> hv.Curve:
         steps = da.step.values
-        data = pd.DataFrame({"step": steps, y.name: da.values, "stage": self.stage_of(path, steps),
-                             "run": run_name(path)})
-        return hv.Curve(data, STEP, [y, hv.Dimension("stage"), hv.Dimension("run")],
-                        label=self.legend_label(path)).opts(color=color, tools=["hover"], line_width=2)
+        data = pd.DataFrame(
+            {"step": steps, y.name: da.values, "stage": self.stage_of(path, steps), "run": run_name(path)}
+        )
+        return hv.Curve(
+            data, STEP, [y, hv.Dimension("stage"), hv.Dimension("run")], label=self.legend_label(path)
+        ).opts(color=color, tools=["hover"], line_width=2)
 
     def _panel(self, rows: dict, key: str, band: tuple[str, str] | None, title: str) -> tuple[hv.Overlay | None, list]:
         items, notes = [], []
@@ -420,8 +443,11 @@ class StagesExplorer(pn.viewable.Viewer):
                 else:
                     a = b = None
                 if a is not None:
-                    items.append(hv.Area((da.step.values, a.values, b.values), STEP, [y, f"{key}_upper"])
-                                 .opts(color=color, alpha=0.2, line_width=0))
+                    items.append(
+                        hv.Area((da.step.values, a.values, b.values), STEP, [y, f"{key}_upper"]).opts(
+                            color=color, alpha=0.2, line_width=0
+                        )
+                    )
             items.append(self._run_curve(p, da, y, color))
             da_shown = da
         if not items:
@@ -433,8 +459,17 @@ class StagesExplorer(pn.viewable.Viewer):
         if key == "slope":
             plot = plot * hv.HLine(0).opts(color="grey", line_width=1)
         # name the axes: the shading drawn first would label them x and y
-        return plot.opts(title=title, logx=True, responsive=True, height=250, show_grid=True, xlabel=STEP.pprint_label,
-                         ylabel=_dim(da_shown, key).pprint_label, legend_position="top_left", show_legend=True), notes
+        return plot.opts(
+            title=title,
+            logx=True,
+            responsive=True,
+            height=250,
+            show_grid=True,
+            xlabel=STEP.pprint_label,
+            ylabel=_dim(da_shown, key).pprint_label,
+            legend_position="top_left",
+            show_legend=True,
+        ), notes
 
     @param.depends("runs", "refreshed")
     @guarded("Runs")
@@ -443,10 +478,11 @@ class StagesExplorer(pn.viewable.Viewer):
             return pn.pane.Markdown("*Select one or more runs in the sidebar.*")
         rows = self.run_curves()
         panes, notes = [], []
-        for key, band, title in (("test_loss", None, "Test loss"),
-                                 ("llc_mean", ("±", "llc_std"), "LLC (band: ± std over chains)"),
-                                 ("slope", ("slope_lo", "slope_hi"), "Slope of the LLC's GP fit in log step "
-                                  "(zero at the boundaries)")):
+        for key, band, title in (
+            ("test_loss", None, "Test loss"),
+            ("llc_mean", ("±", "llc_std"), "LLC (band: ± std over chains)"),
+            ("slope", ("slope_lo", "slope_hi"), "Slope of the LLC's GP fit in log step (zero at the boundaries)"),
+        ):
             plot, why = self._panel(rows, key, band, title)
             notes += why
             if plot is not None:
@@ -454,7 +490,8 @@ class StagesExplorer(pn.viewable.Viewer):
         legend = pn.pane.Markdown(
             "Shading: the lead run's stages — **warm** hues where the LLC rises, **cold** where it falls; "
             "dashed lines: stage boundaries of every shown run. Hover a curve for step, value and stage.",
-            sizing_mode="stretch_width")
+            sizing_mode="stretch_width",
+        )
         alerts = [pn.pane.Alert("\n".join(f"- {n}" for n in dict.fromkeys(notes)), alert_type="info")] if notes else []
         return pn.Column(legend, *alerts, *panes, sizing_mode="stretch_width")
 
@@ -467,8 +504,9 @@ class StagesExplorer(pn.viewable.Viewer):
         s = self._stages(self.lead)
         ev = self.dataset(self.lead, "eval")
         loss = ev[["test_loss"]].sel(step=self.done_steps(self.lead, "eval")).load()
-        table = stage_table(s, loss).rename(columns={f"Δ{s.attrs.get('variable', 'y')}": "Δ LLC",
-                                                     "Δtest_loss": "Δ test loss"})
+        table = stage_table(s, loss).rename(
+            columns={f"Δ{s.attrs.get('variable', 'y')}": "Δ LLC", "Δtest_loss": "Δ test loss"}
+        )
         steps = np.asarray(self.param.step.objects, dtype=np.int64)
         first, last = [], []
         for a, b in zip(table.start.values, table.end.values):
@@ -496,10 +534,17 @@ class StagesExplorer(pn.viewable.Viewer):
         colors = stage_colors(table.direction.values)
         table.insert(0, "colour", ["■"] * len(table))
         widget = pn.widgets.Tabulator(
-            table, disabled=True, show_index=True, sizing_mode="stretch_width", height=min(60 + 34 * len(table), 320),
-            buttons={"first": "<u title='open the first checkpoint of this stage'>first</u>",
-                     "last": "<u title='open the last checkpoint of this stage'>last</u>"},
-            formatters={"Δ LLC": {"type": "money", "precision": 3}, "Δ test loss": {"type": "money", "precision": 3}})
+            table,
+            disabled=True,
+            show_index=True,
+            sizing_mode="stretch_width",
+            height=min(60 + 34 * len(table), 320),
+            buttons={
+                "first": "<u title='open the first checkpoint of this stage'>first</u>",
+                "last": "<u title='open the last checkpoint of this stage'>last</u>",
+            },
+            formatters={"Δ LLC": {"type": "money", "precision": 3}, "Δ test loss": {"type": "money", "precision": 3}},
+        )
         widget.style.apply(lambda col: [f"color: {c}; font-size: 18px" for c in colors], subset=["colour"])
 
         def click(event):
@@ -507,9 +552,15 @@ class StagesExplorer(pn.viewable.Viewer):
                 self.goto_stage(table.index[event.row], event.column)
 
         widget.on_click(click)
-        return pn.Column(pn.pane.Markdown(f"### Stages of {run_name(self.lead)}  \n"
-                                          "Changes between the stage's ends; *first* / *last* open its first / last "
-                                          "checkpoint in the *Checkpoint* tab."), widget, sizing_mode="stretch_width")
+        return pn.Column(
+            pn.pane.Markdown(
+                f"### Stages of {run_name(self.lead)}  \n"
+                "Changes between the stage's ends; *first* / *last* open its first / last "
+                "checkpoint in the *Checkpoint* tab."
+            ),
+            widget,
+            sizing_mode="stretch_width",
+        )
 
     # ----------------------------------------------------------------- variable explorer
     def variable_options(self) -> dict[str, str]:
@@ -589,12 +640,20 @@ class StagesExplorer(pn.viewable.Viewer):
             labels = _labels(ds, d)
             chosen = self.dims.get(d, labels[:1])
             if len(labels) > CHOICE_LIMIT:
-                w = pn.widgets.DiscreteSlider(label=_dim_label(ds, d), options={str(v): v for v in labels},
-                                              value=chosen[0] if chosen else labels[0], sizing_mode="stretch_width")
+                w = pn.widgets.DiscreteSlider(
+                    label=_dim_label(ds, d),
+                    options={str(v): v for v in labels},
+                    value=chosen[0] if chosen else labels[0],
+                    sizing_mode="stretch_width",
+                )
                 w.param.watch(lambda e, d=d: self.param.update(dims={**self.dims, d: [e.new]}), "value")
             else:
-                w = pn.widgets.MultiChoice(label=_dim_label(ds, d), options={str(v): v for v in labels},
-                                           value=[v for v in chosen if v in labels], sizing_mode="stretch_width")
+                w = pn.widgets.MultiChoice(
+                    label=_dim_label(ds, d),
+                    options={str(v): v for v in labels},
+                    value=[v for v in chosen if v in labels],
+                    sizing_mode="stretch_width",
+                )
                 w.param.watch(lambda e, d=d: self.param.update(dims={**self.dims, d: list(e.new)}), "value")
             widgets.append(w)
         return widgets
@@ -610,26 +669,39 @@ class StagesExplorer(pn.viewable.Viewer):
         for i in range(da.sizes["line"]):
             key = da.line.values[i]
             label = " ".join(f"{d}={v}" for d, v in zip(other, np.atleast_1d(key))) if other else str(da.name)
-            data = pd.DataFrame({"step": da.step.values, "value": da.isel(line=i).values.astype(float),
-                                 "stage": stage, "line": label})
+            data = pd.DataFrame(
+                {"step": da.step.values, "value": da.isel(line=i).values.astype(float), "stage": stage, "line": label}
+            )
             lines.append(hv.Curve(data, STEP, [y, "stage", "line"], label=label).opts(tools=["hover"]))
         plot = hv.Overlay(lines)
         shade = self.stage_shading()
         plot = (shade * plot) if shade is not None else plot
         group = self.variable.split("/", 1)[0]
         title = f"{da.attrs.get('long_name', da.name)} ({group}/{da.name}) — {run_name(self.lead)}"
-        plot = plot.opts(title=title, logx=True, responsive=True, height=460, show_grid=True, xlabel=STEP.pprint_label,
-                         ylabel=y.pprint_label, legend_position="right", show_legend=len(lines) > 1,
-                         legend_opts={"label_text_font_size": "8pt", "spacing": 0, "glyph_height": 12})
+        plot = plot.opts(
+            title=title,
+            logx=True,
+            responsive=True,
+            height=460,
+            show_grid=True,
+            xlabel=STEP.pprint_label,
+            ylabel=y.pprint_label,
+            legend_position="right",
+            show_legend=len(lines) > 1,
+            legend_opts={"label_text_font_size": "8pt", "spacing": 0, "glyph_height": 12},
+        )
         about = da.attrs.get("description", "")
-        return pn.Column(pn.pane.HoloViews(plot, sizing_mode="stretch_width"),
-                         pn.pane.Markdown(f"*{about}*" if about else "", sizing_mode="stretch_width"),
-                         sizing_mode="stretch_width")
+        return pn.Column(
+            pn.pane.HoloViews(plot, sizing_mode="stretch_width"),
+            pn.pane.Markdown(f"*{about}*" if about else "", sizing_mode="stretch_width"),
+            sizing_mode="stretch_width",
+        )
 
     @param.depends("variable", "runs", "refreshed")
     def explorer_controls(self) -> pn.viewable.Viewable:
-        select = pn.widgets.Select.from_param(self.param.variable, label="variable (group / name — long name)",
-                                              sizing_mode="stretch_width")
+        select = pn.widgets.Select.from_param(
+            self.param.variable, label="variable (group / name — long name)", sizing_mode="stretch_width"
+        )
         return pn.Column(select, *self.dim_widgets(), sizing_mode="stretch_width")
 
     # ----------------------------------------------------------------- checkpoint view
@@ -637,8 +709,9 @@ class StagesExplorer(pn.viewable.Viewer):
         if self.lead is None:
             raise MissingData("no run selected")
         if self.step is None:
-            raise MissingData(f"{run_name(self.lead)} has no written checkpoint yet (training just started?); "
-                              "refresh when it has one")
+            raise MissingData(
+                f"{run_name(self.lead)} has no written checkpoint yet (training just started?); refresh when it has one"
+            )
         return int(self.step)
 
     def attention_data(self) -> xr.DataArray:
@@ -660,10 +733,24 @@ class StagesExplorer(pn.viewable.Viewer):
             for head in a["head"].values:  # a.head is DataArray.head()
                 z = a.sel(layer=layer, head=head).values
                 img = hv.Image((np.arange(len(k)), np.arange(len(q)), z), ["key", "query"], value)
-                heads.append(img.opts(title=f"layer {layer} · head {head}", cmap="viridis", clim=(0, 1),
-                                      xticks=list(enumerate(k)), yticks=list(enumerate(q)), invert_yaxis=True,
-                                      xlabel="key token", ylabel="query token", xrotation=90, tools=["hover"],
-                                      frame_width=190, frame_height=190, colorbar=False, fontsize={"ticks": 7}))
+                heads.append(
+                    img.opts(
+                        title=f"layer {layer} · head {head}",
+                        cmap="viridis",
+                        clim=(0, 1),
+                        xticks=list(enumerate(k)),
+                        yticks=list(enumerate(q)),
+                        invert_yaxis=True,
+                        xlabel="key token",
+                        ylabel="query token",
+                        xrotation=90,
+                        tools=["hover"],
+                        frame_width=190,
+                        frame_height=190,
+                        colorbar=False,
+                        fontsize={"ticks": 7},
+                    )
+                )
         layout = hv.Layout(heads).cols(a.sizes["head"]).opts(shared_axes=False)
         try:
             from devarray.settings import setting_for
@@ -671,9 +758,14 @@ class StagesExplorer(pn.viewable.Viewer):
             title = setting_for(self.info(self.lead)["config"]).title
         except Exception:  # noqa: BLE001
             title = "its setting"
-        return pn.Column(pn.pane.Markdown(f"**Attention at step {self.step}** on the probe context of {title} "
-                                          "(rows: query token, columns: key token; 0 = dark, 1 = bright)."),
-                         pn.pane.HoloViews(layout), sizing_mode="stretch_width")
+        return pn.Column(
+            pn.pane.Markdown(
+                f"**Attention at step {self.step}** on the probe context of {title} "
+                "(rows: query token, columns: key token; 0 = dark, 1 = bright)."
+            ),
+            pn.pane.HoloViews(layout),
+            sizing_mode="stretch_width",
+        )
 
     def ln_data(self) -> dict[str, xr.DataArray]:
         """The layer-norm parameters (params variables whose name contains 'ln') at the shown step."""
@@ -695,14 +787,28 @@ class StagesExplorer(pn.viewable.Viewer):
                 if (kind == "weight") != (not str(name).endswith("bias")):
                     continue
                 values = da.values.ravel()
-                curves.append(hv.Curve((np.arange(len(values)), values), hv.Dimension("i", label="feature index"),
-                                       hv.Dimension(kind, label=f"layer-norm {kind}"), label=str(name)))
+                curves.append(
+                    hv.Curve(
+                        (np.arange(len(values)), values),
+                        hv.Dimension("i", label="feature index"),
+                        hv.Dimension(kind, label=f"layer-norm {kind}"),
+                        label=str(name),
+                    )
+                )
             if curves:
                 plural = {"weight": "weights", "bias": "biases"}[kind]
-                panels.append(hv.Overlay(curves).opts(title=f"Layer-norm {plural} at step {self.step}", responsive=True,
-                                                      height=260, show_grid=True, legend_position="right"))
-        return pn.Column(*[pn.pane.HoloViews(p, sizing_mode="stretch_width") for p in panels],
-                         sizing_mode="stretch_width")
+                panels.append(
+                    hv.Overlay(curves).opts(
+                        title=f"Layer-norm {plural} at step {self.step}",
+                        responsive=True,
+                        height=260,
+                        show_grid=True,
+                        legend_position="right",
+                    )
+                )
+        return pn.Column(
+            *[pn.pane.HoloViews(p, sizing_mode="stretch_width") for p in panels], sizing_mode="stretch_width"
+        )
 
     def chain_data(self) -> tuple[xr.DataArray, pd.DataFrame, dict]:
         """At the shown step: the per-chain LLC traces (chain, draw) — one checkpoint's slab,
@@ -712,8 +818,10 @@ class StagesExplorer(pn.viewable.Viewer):
         ds = self.dataset(self.lead, "llc")
         done = self.done_steps(self.lead, "llc")
         if step not in set(done.tolist()):
-            raise MissingData(f"no LLC estimate at step {step} ({len(done)} of {ds.sizes['step']} checkpoints done); "
-                              f"run `devarray llc {self.lead}`")
+            raise MissingData(
+                f"no LLC estimate at step {step} ({len(done)} of {ds.sizes['step']} checkpoints done); "
+                f"run `devarray llc {self.lead}`"
+            )
         at = ds.sel(step=step)
         trace = at.llc_trace.load()
         per_chain = [v for v in ("llc_per_chain", "diverged", "not_converged", "escaped", "llc_ess") if v in at]
@@ -743,21 +851,39 @@ class StagesExplorer(pn.viewable.Viewer):
         for c in trace.chain.values:
             flags = [f for f in ("diverged", "not_converged", "escaped") if f in table and bool(table.loc[c, f])]
             label = f"chain {c}" + (f" ({', '.join(f.replace('_', ' ') for f in flags)})" if flags else "")
-            curves.append(hv.Curve((trace.draw.values, trace.sel(chain=c).values), _dim(trace.draw, "draw"),
-                                   _dim(trace, "llc"), label=label).opts(line_dash="dashed" if flags else "solid"))
-        plot = hv.Overlay(curves).opts(title=f"Online LLC estimate of each SGLD chain at step {self.step} "
-                                             "(figure A.5; dashed: flagged chains)", responsive=True, height=300,
-                                       show_grid=True, legend_position="right", tools=["hover"])
+            curves.append(
+                hv.Curve(
+                    (trace.draw.values, trace.sel(chain=c).values),
+                    _dim(trace.draw, "draw"),
+                    _dim(trace, "llc"),
+                    label=label,
+                ).opts(line_dash="dashed" if flags else "solid")
+            )
+        plot = hv.Overlay(curves).opts(
+            title=f"Online LLC estimate of each SGLD chain at step {self.step} (figure A.5; dashed: flagged chains)",
+            responsive=True,
+            height=300,
+            show_grid=True,
+            legend_position="right",
+            tools=["hover"],
+        )
         rhat = f", R-hat over kept chains {summary['rhat']:.3f}" if "rhat" in summary else ""
         return pn.Column(
             pn.pane.HoloViews(plot, sizing_mode="stretch_width"),
-            pn.pane.Markdown(f"LLC {summary['llc_mean']:.3f} ± {summary['llc_std']:.3f} over non-diverged chains"
-                             f"{rhat}. Per chain: the stored flags and effective draws (`llc_ess`), and split R-hat "
-                             "(near 1: the chain's two halves agree) of its SGLD losses."),
-            pn.widgets.Tabulator(table.reset_index(), disabled=True, show_index=False, sizing_mode="stretch_width",
-                                 formatters={c: {"type": "money", "precision": 3} for c in table.columns
-                                             if table[c].dtype.kind == "f"}),
-            sizing_mode="stretch_width")
+            pn.pane.Markdown(
+                f"LLC {summary['llc_mean']:.3f} ± {summary['llc_std']:.3f} over non-diverged chains"
+                f"{rhat}. Per chain: the stored flags and effective draws (`llc_ess`), and split R-hat "
+                "(near 1: the chain's two halves agree) of its SGLD losses."
+            ),
+            pn.widgets.Tabulator(
+                table.reset_index(),
+                disabled=True,
+                show_index=False,
+                sizing_mode="stretch_width",
+                formatters={c: {"type": "money", "precision": 3} for c in table.columns if table[c].dtype.kind == "f"},
+            ),
+            sizing_mode="stretch_width",
+        )
 
     # ----------------------------------------------------------------- layout
     def status_view(self) -> pn.viewable.Viewable:
@@ -787,26 +913,47 @@ class StagesExplorer(pn.viewable.Viewer):
                         parts.append(f"{g} unreadable")
             shown = "; ".join(f"`{d}`" for d in diff)  # code spans: markdown would turn schedule.lr into a link
             cfg = f"config {groups.get(p, '?')}" + (f" — **differs**: {shown}" if diff else "")
-            lines.append(f"- **{run_name(p)}** ({info['config'].get('setting', '?')}, "
-                         f"{info['config'].get('preset', '?')}, seed {info['config'].get('seed', '?')}; {cfg}): "
-                         + ", ".join(parts))
+            lines.append(
+                f"- **{run_name(p)}** ({info['config'].get('setting', '?')}, "
+                f"{info['config'].get('preset', '?')}, seed {info['config'].get('seed', '?')}; {cfg}): "
+                + ", ".join(parts)
+            )
         note = f"\n\n<small>{self.message}</small>" if self.message else ""
         return pn.pane.Markdown("\n".join(lines) + note, sizing_mode="stretch_width")
 
     def __panel__(self) -> pn.template.BaseTemplate:
-        runs = pn.widgets.MultiSelect.from_param(self.param.runs, label="runs (first selected leads)", size=8,
-                                                 sizing_mode="stretch_width")
+        runs = pn.widgets.MultiSelect.from_param(
+            self.param.runs, label="runs (first selected leads)", size=8, sizing_mode="stretch_width"
+        )
         refresh = pn.widgets.Button(label="↻ refresh stores", color="primary", sizing_mode="stretch_width")
         refresh.on_click(self.refresh)
-        slider = pn.widgets.DiscreteSlider.from_param(self.param.step, label="checkpoint (training step)",
-                                                      sizing_mode="stretch_width")
+        slider = pn.widgets.DiscreteSlider.from_param(
+            self.param.step, label="checkpoint (training step)", sizing_mode="stretch_width"
+        )
         tabs = pn.Tabs(
             ("Runs", pn.Column(self.runs_view, self.stage_table_view, sizing_mode="stretch_width")),
-            ("Variables", pn.Row(pn.Column(self.explorer_controls, width=320), pn.Column(
-                self.variable_view, sizing_mode="stretch_width"), sizing_mode="stretch_width")),
-            ("Checkpoint", pn.Column(slider, self.attention_view, self.ln_view, pn.pane.Markdown("### SGLD chains"),
-                                     self.sgld_view, sizing_mode="stretch_width")),
-            sizing_mode="stretch_width", dynamic=False)
+            (
+                "Variables",
+                pn.Row(
+                    pn.Column(self.explorer_controls, width=320),
+                    pn.Column(self.variable_view, sizing_mode="stretch_width"),
+                    sizing_mode="stretch_width",
+                ),
+            ),
+            (
+                "Checkpoint",
+                pn.Column(
+                    slider,
+                    self.attention_view,
+                    self.ln_view,
+                    pn.pane.Markdown("### SGLD chains"),
+                    self.sgld_view,
+                    sizing_mode="stretch_width",
+                ),
+            ),
+            sizing_mode="stretch_width",
+            dynamic=False,
+        )
         tabs.link(self, active="tab", bidirectional=True)
         if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
             # a store that gains a checkpoint while the page is open shows it without a click
@@ -815,7 +962,10 @@ class StagesExplorer(pn.viewable.Viewer):
         # Bootstrap, not Fast: the Fast design always links a Google font, and the page must work offline
         return pn.template.BootstrapTemplate(
             title="devarray — developmental stages" + (f" ({', '.join(settings)})" if settings else ""),
-            sidebar=[runs, refresh, self.status_view()], main=[tabs], sidebar_width=360)
+            sidebar=[runs, refresh, self.status_view()],
+            main=[tabs],
+            sidebar_width=360,
+        )
 
     def _readable(self, path: str) -> bool:
         try:
@@ -830,9 +980,12 @@ def build_app(paths: list[str] | None = None) -> pn.viewable.Viewable:
     patterns = list(paths) if paths else [STORES]
     explorer = StagesExplorer(patterns)
     if not explorer.paths:
-        return pn.Column(pn.pane.Markdown(
-            "## No run stores found\nTrain one: `devarray demo` or `devarray train SETTING --preset quick`, "
-            f"then reload (looked for `{' '.join(patterns)}`)."))
+        return pn.Column(
+            pn.pane.Markdown(
+                "## No run stores found\nTrain one: `devarray demo` or `devarray train SETTING --preset quick`, "
+                f"then reload (looked for `{' '.join(patterns)}`)."
+            )
+        )
     return explorer.__panel__()
 
 

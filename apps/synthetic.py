@@ -20,14 +20,18 @@ def llc_curve(steps: np.ndarray) -> np.ndarray:
     return 30 + 35 / (1 + np.exp(-(x - 0.45) * 14)) - 12 / (1 + np.exp(-(x - 0.8) * 18))
 
 
-def write_llc(store: RunStore, steps=None, *, chains: int = 4, draws: int = 40, seed: int = 0,
-              diverged_chain: int | None = None) -> None:
+def write_llc(
+    store: RunStore, steps=None, *, chains: int = 4, draws: int = 40, seed: int = 0, diverged_chain: int | None = None
+) -> None:
     """An ``llc`` group (schemas/llc.yaml) over ``steps`` (default: the done params checkpoints),
     every checkpoint marked done. ``diverged_chain`` is flagged diverged at every checkpoint."""
     steps = store.done_steps("params") if steps is None else np.asarray(steps)
     rng = np.random.default_rng(seed)
-    store.create_group("llc", {"step": store.steps("params"), "chain": np.arange(chains), "draw": np.arange(draws)},
-                       attrs={"method": "synthetic", "num_chains": chains, "num_draws": draws})
+    store.create_group(
+        "llc",
+        {"step": store.steps("params"), "chain": np.arange(chains), "draw": np.arange(draws)},
+        attrs={"method": "synthetic", "num_chains": chains, "num_draws": draws},
+    )
     level = dict(zip(steps.tolist(), llc_curve(steps)))
     for step in steps.tolist():
         per_chain = level[step] + rng.normal(0, 1.0, chains)
@@ -39,13 +43,26 @@ def write_llc(store: RunStore, steps=None, *, chains: int = 4, draws: int = 40, 
         if diverged_chain is not None:
             diverged[diverged_chain] = True
         kept = per_chain[~diverged]
-        store.write("llc", step, {
-            "loss": loss, "llc_trace": trace, "llc_trace_mean": trace[~diverged].mean(0),
-            "init_loss": np.float32(0.05), "llc_mean": np.float32(kept.mean()), "llc_std": np.float32(kept.std()),
-            "llc_per_chain": per_chain.astype("float32"), "diverged": diverged,
-            "not_converged": np.arange(chains) == chains - 1, "escaped": np.zeros(chains, bool),
-            "llc_ess": np.full(chains, draws / 4, "float32"), "diverged_step": np.where(diverged, 7, -1),
-            "llc_drift": np.zeros(chains, "float32"), "llc_drift_z": np.zeros(chains, "float32")})
+        store.write(
+            "llc",
+            step,
+            {
+                "loss": loss,
+                "llc_trace": trace,
+                "llc_trace_mean": trace[~diverged].mean(0),
+                "init_loss": np.float32(0.05),
+                "llc_mean": np.float32(kept.mean()),
+                "llc_std": np.float32(kept.std()),
+                "llc_per_chain": per_chain.astype("float32"),
+                "diverged": diverged,
+                "not_converged": np.arange(chains) == chains - 1,
+                "escaped": np.zeros(chains, bool),
+                "llc_ess": np.full(chains, draws / 4, "float32"),
+                "diverged_step": np.where(diverged, 7, -1),
+                "llc_drift": np.zeros(chains, "float32"),
+                "llc_drift_z": np.zeros(chains, "float32"),
+            },
+        )
         store.mark_done("llc", step)
 
 
@@ -66,8 +83,11 @@ def write_stages(store: RunStore) -> xr.Dataset:
     parts = ["smooth", "slope", "slope_lo", "slope_hi"]
     smooth = xr.concat([f[parts].expand_dims(curve=[n]) for n, f in fits.items()], dim="curve", join="outer")
     ds = main.drop_vars(parts + ["stage"]).merge(smooth, join="outer")
-    ds["stage"] = ("step", 1 + np.searchsorted(main.boundary_step.values, ds.step.values, side="right"),
-                   main.stage.attrs)
+    ds["stage"] = (
+        "step",
+        1 + np.searchsorted(main.boundary_step.values, ds.step.values, side="right"),
+        main.stage.attrs,
+    )
     ds.attrs = {**main.attrs, "source": "llc/llc_mean", "source_checkpoints": int(llc.sizes["step"])}
     store.write_group("stages", ds, overwrite=True)
     return ds
@@ -93,8 +113,15 @@ def paper_size_store(path, *, chains: int = 10, draws: int = 5000, seed: int = 0
         store.mark_done("params", step)
         loss = 4.3 - 2.5 * (curve[i] - curve[0]) / np.ptp(curve) + rng.normal(0, 0.01)
         norm = float(np.sqrt(sum(float((v.astype(float) ** 2).sum()) for v in state.values())))
-        store.write("eval", step, {"test_loss": np.float32(loss), "weight_norm": np.float32(norm),
-                                   "test_loss_k": np.full(k, loss, "float32")})
+        store.write(
+            "eval",
+            step,
+            {
+                "test_loss": np.float32(loss),
+                "weight_norm": np.float32(norm),
+                "test_loss_k": np.full(k, loss, "float32"),
+            },
+        )
         store.mark_done("eval", step)
     write_llc(store, steps, chains=chains, draws=draws, seed=seed, diverged_chain=0)
     write_stages(store)

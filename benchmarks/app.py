@@ -53,14 +53,24 @@ def main() -> None:
 
     explorer = app.StagesExplorer([str(root / "*.zarr")])
     steps = explorer.param.step.objects
-    print(f"store: {len(steps)} checkpoints, llc {explorer.dataset(explorer.lead, 'llc').sizes['chain']} chains × "
-          f"{explorer.dataset(explorer.lead, 'llc').sizes['draw']} draws, {_du(paths[0] / 'llc') / 1e6:.0f} MB of llc")
+    print(
+        f"store: {len(steps)} checkpoints, llc {explorer.dataset(explorer.lead, 'llc').sizes['chain']} chains × "
+        f"{explorer.dataset(explorer.lead, 'llc').sizes['draw']} draws, {_du(paths[0] / 'llc') / 1e6:.0f} MB of llc"
+    )
     # one page, rendered once, as a server session holds it: a parameter change then redraws
     # (in place) the views that depend on it, which is what a click costs
     t = time.perf_counter()
-    roots = [pn.panel(view).get_root() for view in (explorer.runs_view, explorer.stage_table_view,
-                                                     explorer.variable_view, explorer.attention_view,
-                                                     explorer.ln_view, explorer.sgld_view)]
+    roots = [
+        pn.panel(view).get_root()
+        for view in (
+            explorer.runs_view,
+            explorer.stage_table_view,
+            explorer.variable_view,
+            explorer.attention_view,
+            explorer.ln_view,
+            explorer.sgld_view,
+        )
+    ]
     print(f"first page (cold: imports of the plotting backends, model build): {time.perf_counter() - t:.2f} s")
 
     variables = ["observables/attn_entropy", "llc/llc_trace", "eval/test_loss_k", "params/ln_out.weight"]
@@ -81,8 +91,10 @@ def main() -> None:
         print(f"{name:<10}{min(times):>9.3f}{max(times):>9.3f}{min(times) / TARGET_S:>14.2f}×")
     assert len(roots) == 6
     rss = psutil.Process().memory_info().rss
-    print(f"\nmemory: {rss / 1e6:.0f} MB resident ({(rss - rss0) / 1e6:.0f} MB since start: imports, caches, "
-          f"one model); the llc group on disk is {_du(paths[0] / 'llc') / 1e6:.0f} MB per run")
+    print(
+        f"\nmemory: {rss / 1e6:.0f} MB resident ({(rss - rss0) / 1e6:.0f} MB since start: imports, caches, "
+        f"one model); the llc group on disk is {_du(paths[0] / 'llc') / 1e6:.0f} MB per run"
+    )
     print(f"(targets: every switch under {TARGET_S:.0f} s; ratios above 1 miss it; {os.cpu_count()} CPUs)")
 
 

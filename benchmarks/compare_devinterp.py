@@ -30,9 +30,8 @@ import torch
 
 from devarray.models.regression import RegressionTransformer
 from devarray.slt import estimate_llc
-from devarray.tasks.regression import mse_loss
 from devarray.slt.llc import init_loss
-from devarray.tasks.regression import RegressionTask
+from devarray.tasks.regression import RegressionTask, mse_loss
 
 
 def train(steps: int) -> RegressionTransformer:
@@ -56,8 +55,13 @@ def devinterp_llc(model, data, *, epsilon, nbeta, localization, batch_size, num_
     init = init_loss(model, mse_loss, data)
     per_chain = []
     for chain in range(num_chains):
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
-                                             generator=torch.Generator().manual_seed(seed + chain))
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(seed + chain),
+        )
         noise = torch.Generator().manual_seed(10_000 + seed + chain)
         m = copy.deepcopy(model)
         with warnings.catch_warnings():
@@ -100,10 +104,13 @@ def main() -> None:
         return
     try:
         import devinterp.slt.llc  # noqa: F401
+
         print("note: devinterp.slt.llc imports, but takes HF datasets of input_ids; using its optimizer below")
     except ImportError as e:
-        print(f"devinterp.slt.llc cannot be imported without its dependencies ({e}); "
-              f"comparing against devinterp.optim.SGMCMC.sgld in devinterp's chain loop")
+        print(
+            f"devinterp.slt.llc cannot be imported without its dependencies ({e}); "
+            f"comparing against devinterp.optim.SGMCMC.sgld in devinterp's chain loop"
+        )
 
     model = train(args.train_steps)
     batch = RegressionTask(seed=0).dataset(2**14, "sgld")
@@ -111,8 +118,14 @@ def main() -> None:
     m = args.batch_size
     nbeta = m / math.log(m)
     gamma = 2 * args.gamma_tilde / args.epsilon
-    kw = dict(epsilon=args.epsilon, nbeta=nbeta, localization=gamma, batch_size=m, num_chains=args.chains,
-              num_draws=args.draws)
+    kw = dict(
+        epsilon=args.epsilon,
+        nbeta=nbeta,
+        localization=gamma,
+        batch_size=m,
+        num_chains=args.chains,
+        num_draws=args.draws,
+    )
 
     def timed(fn, draws):
         t = time.perf_counter()
@@ -132,13 +145,17 @@ def main() -> None:
     a, b = ours["llc_per_chain"].values, theirs
     se = math.hypot(a.std(ddof=1) / math.sqrt(len(a)), b.std(ddof=1) / math.sqrt(len(b)))
     print(f"regression transformer after {args.train_steps} Adam steps, init loss {float(ours['init_loss']):.4f}")
-    print(f"settings: C={args.chains}, T={args.draws}, m={m}, ε={args.epsilon}, nβ={nbeta:.2f}, γ={gamma:.1f} "
-          f"(β̃={args.epsilon * nbeta / 2:.4f}, γ̃={args.gamma_tilde})")
+    print(
+        f"settings: C={args.chains}, T={args.draws}, m={m}, ε={args.epsilon}, nβ={nbeta:.2f}, γ={gamma:.1f} "
+        f"(β̃={args.epsilon * nbeta / 2:.4f}, γ̃={args.gamma_tilde})"
+    )
     print(f"{'':12} {'LLC mean':>9} {'std':>7} {'ms/chain-step':>14}")
     print(f"{'devarray':12} {a.mean():9.2f} {a.std():7.2f} {t_ours * 1e3:14.1f}   ({ours.attrs['method']} path)")
     print(f"{'devinterp':12} {b.mean():9.2f} {b.std():7.2f} {t_theirs * 1e3:14.1f}")
-    print(f"difference {a.mean() - b.mean():+.2f} = {(a.mean() - b.mean()) / se:+.1f} standard errors; "
-          f"speed devarray/devinterp = {t_theirs / t_ours:.2f}x")
+    print(
+        f"difference {a.mean() - b.mean():+.2f} = {(a.mean() - b.mean()) / se:+.1f} standard errors; "
+        f"speed devarray/devinterp = {t_theirs / t_ours:.2f}x"
+    )
 
 
 if __name__ == "__main__":

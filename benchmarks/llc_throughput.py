@@ -28,9 +28,8 @@ import time
 import torch
 
 from devarray.models.regression import RegressionTransformer, count_parameters
-from devarray.tasks.regression import mse_loss
 from devarray.slt.sgld import choose_method, run_chains, sgld_settings
-from devarray.tasks.regression import RegressionTask
+from devarray.tasks.regression import RegressionTask, mse_loss
 
 
 def matmul_rate(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
@@ -51,8 +50,9 @@ def throughput(model, data, m, chains, steps, method, compile=False, fused=True,
     settings = sgld_settings(batch_size=m, num_chains=chains, num_draws=steps, epsilon=1e-4, localization=100.0)
     model.fused_attention = fused
     try:
-        r = run_chains(model, mse_loss, data, settings, seed=0, method=method, compile=compile,
-                       chain_threads=chain_threads)
+        r = run_chains(
+            model, mse_loss, data, settings, seed=0, method=method, compile=compile, chain_threads=chain_threads
+        )
     finally:
         model.fused_attention = True
     return chains * steps / r.seconds, r.loss
@@ -85,8 +85,12 @@ def main() -> None:
     for m in args.batch_sizes:
         steps = max(3, 4096 // m)
         chosen = choose_method("auto", device, tuple(x[:m] for x in data), args.chains)
-        variants = {"loop": ("loop", False, True), "explicit": ("loop", False, False),
-                    "one_at_a_time": ("loop", False, True, 1), "batched": ("batched", False, True)}
+        variants = {
+            "loop": ("loop", False, True),
+            "explicit": ("loop", False, False),
+            "one_at_a_time": ("loop", False, True, 1),
+            "batched": ("batched", False, True),
+        }
         row = {"m": m, "chosen": chosen}
         if args.compile:
             variants["compiled"] = (chosen, True, True)
@@ -107,22 +111,32 @@ def main() -> None:
         rows.append(row | best | {"auto": best[chosen], "auto_median": statistics.median(rounds[chosen])})
 
     flop = lambda r, key: 6 * P * r["m"] * tokens_per_row * r[key] / peak
-    head = (f"{'m':>5} {'chosen':>8} {'loop':>9} {'explicit':>9} {'batched':>9} {'auto':>9} {'auto/loop':>9} "
-            f"{'loop/explicit':>13} {'loop/1-at-a-time':>16} {'batch/loop':>10} {'auto FLOP/matmul':>16} {'median round':>12}")
+    head = (
+        f"{'m':>5} {'chosen':>8} {'loop':>9} {'explicit':>9} {'batched':>9} {'auto':>9} {'auto/loop':>9} "
+        f"{'loop/explicit':>13} {'loop/1-at-a-time':>16} {'batch/loop':>10} {'auto FLOP/matmul':>16} "
+        f"{'median round':>12}"
+    )
     if args.compile:
         head += f" {'compiled':>9} {'comp/auto':>9} {'comp FLOP/matmul':>16} {'compile s':>9} {'max rel Δloss':>13}"
     print(f"dense fp32 matmul (2048²): {peak / 1e9:.1f} GFLOP/s (best in the run)\n")
-    print("chain-steps per second (best of rounds); loop = per-chain loop with the fused attention kernel, "
-          "chains side by side; explicit = with PyTorch attention; 1-at-a-time = one chain at a time")
+    print(
+        "chain-steps per second (best of rounds); loop = per-chain loop with the fused attention kernel, "
+        "chains side by side; explicit = with PyTorch attention; 1-at-a-time = one chain at a time"
+    )
     print(head)
     for r in rows:
-        line = (f"{r['m']:>5} {r['chosen']:>8} {r['loop']:>9.1f} {r['explicit']:>9.1f} {r['batched']:>9.1f} {r['auto']:>9.1f} "
-                f"{r['auto'] / r['loop']:>9.2f} {r['loop'] / r['explicit']:>13.2f} {r['loop'] / r['one_at_a_time']:>16.2f} "
-                f"{r['batched'] / r['loop']:>10.2f} "
-                f"{flop(r, 'auto'):>16.1%} {flop(r, 'auto_median'):>12.1%}")
+        line = (
+            f"{r['m']:>5} {r['chosen']:>8} {r['loop']:>9.1f} {r['explicit']:>9.1f} "
+            f"{r['batched']:>9.1f} {r['auto']:>9.1f} "
+            f"{r['auto'] / r['loop']:>9.2f} {r['loop'] / r['explicit']:>13.2f} {r['loop'] / r['one_at_a_time']:>16.2f} "
+            f"{r['batched'] / r['loop']:>10.2f} "
+            f"{flop(r, 'auto'):>16.1%} {flop(r, 'auto_median'):>12.1%}"
+        )
         if args.compile:
-            line += (f" {r['compiled']:>9.1f} {r['compiled'] / r['auto']:>9.2f} {flop(r, 'compiled'):>16.1%}"
-                     f" {r['compile_s']:>9.1f} {r['compiled_max_rel_diff']:>13.1e}")
+            line += (
+                f" {r['compiled']:>9.1f} {r['compiled'] / r['auto']:>9.2f} {flop(r, 'compiled'):>16.1%}"
+                f" {r['compile_s']:>9.1f} {r['compiled_max_rel_diff']:>13.1e}"
+            )
         print(line)
 
 

@@ -21,8 +21,9 @@ import xarray as xr
 
 from devarray import observables as obs
 from devarray.models.regression import RegressionTransformer
-from devarray.observables.regression.probes import forward, ood_predictions
 from devarray.observables.registry import REGISTRY, Registry
+from devarray.observables.regression import make_probe
+from devarray.observables.regression.probes import forward, ood_predictions
 from devarray.observables.regression.structure import _summary
 from devarray.tasks.regression import RegressionTask
 
@@ -54,7 +55,10 @@ def timed_registry(times: dict[str, list[float]]) -> Registry:
         reg.observable(
             name=name,
             train_time=spec.train_time,
-            variables={v.name: dict(dims=v.dims, units=v.units, long_name=v.long_name, description=v.description) for v in spec.variables},
+            variables={
+                v.name: dict(dims=v.dims, units=v.units, long_name=v.long_name, description=v.description)
+                for v in spec.variables
+            },
         )(timer(name, spec.func))
     return reg
 
@@ -72,7 +76,9 @@ def main() -> None:
         models.append(RegressionTransformer())
     n_ctx = probe.n + 2 * len(probe.gains) * probe.n_ood
     print(f"paper-size model, {args.checkpoints} random-weight checkpoints; medians over checkpoints")
-    print(f"probe: {probe.n} in-distribution + 2 kinds x {len(probe.gains)} gains x {probe.n_ood} OOD = {n_ctx} contexts")
+    print(
+        f"probe: {probe.n} in-distribution + 2 kinds x {len(probe.gains)} gains x {probe.n_ood} OOD = {n_ctx} contexts"
+    )
     for threads in map(int, args.threads.split(",")):
         torch.set_num_threads(threads)
         measure(models, probe)
@@ -99,10 +105,14 @@ def measure(models: list[torch.nn.Module], probe) -> None:
 
     med = statistics.median  # robust to the other processes that share a small CPU
     print(f"\n== torch threads {torch.get_num_threads()}")
-    print(f"all {len(names)} observables:   {med(total) * 1e3:7.1f} ms per checkpoint (min {min(total) * 1e3:.1f})"
-          f" = {med(total) / med(baseline):.1f} x baseline")
-    print(f"train-time observables: {med(train_time) * 1e3:7.1f} ms per checkpoint (min {min(train_time) * 1e3:.1f})"
-          f" = {med(train_time) / med(baseline):.1f} x baseline")
+    print(
+        f"all {len(names)} observables:   {med(total) * 1e3:7.1f} ms per checkpoint (min {min(total) * 1e3:.1f})"
+        f" = {med(total) / med(baseline):.1f} x baseline"
+    )
+    print(
+        f"train-time observables: {med(train_time) * 1e3:7.1f} ms per checkpoint (min {min(train_time) * 1e3:.1f})"
+        f" = {med(train_time) / med(baseline):.1f} x baseline"
+    )
     print(f"baseline, one model call on the {probe.n} in-distribution contexts: {med(baseline) * 1e3:.1f} ms")
     parts_total = sum(med(v) for v in parts.values())
     print(f"{'part':52s} {'ms':>8s} {'share':>7s}")

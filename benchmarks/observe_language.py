@@ -49,9 +49,13 @@ def timed_registry(times: dict[str, list[float]]) -> Registry:
         reg.observable(name=f"_shared{i}", description=name)(timer(name, func))
     for name in REGISTRY.names(task="language"):
         spec = REGISTRY.get(name)
-        reg.observable(name=name, variables={v.name: dict(dims=v.dims, units=v.units, long_name=v.long_name,
-                                                          description=v.description) for v in spec.variables})(
-            timer(name, spec.func))
+        reg.observable(
+            name=name,
+            variables={
+                v.name: dict(dims=v.dims, units=v.units, long_name=v.long_name, description=v.description)
+                for v in spec.variables
+            },
+        )(timer(name, spec.func))
     return reg
 
 
@@ -90,9 +94,11 @@ def main() -> None:
         cpu.append(time.process_time() - c)
     n_params = sum(p.numel() for p in model.parameters())
     w, b = statistics.median(wall), statistics.median(base)
-    print(f"{n_params:,} parameters, context {tokens.shape[1]}, {torch.get_num_threads()} threads: "
-          f"{w:.3f} s per checkpoint (CPU {statistics.median(cpu):.3f} s), {w / b:.1f}x one bare model call over "
-          f"the probe contexts ({b:.3f} s)")
+    print(
+        f"{n_params:,} parameters, context {tokens.shape[1]}, {torch.get_num_threads()} threads: "
+        f"{w:.3f} s per checkpoint (CPU {statistics.median(cpu):.3f} s), {w / b:.1f}x one bare model call over "
+        f"the probe contexts ({b:.3f} s)"
+    )
     total = sum(statistics.median(v) for v in times.values())
     for name, v in times.items():
         m = statistics.median(v)

@@ -27,8 +27,13 @@ def language_5000(seed: int):
     """The language curve's stages (see ``language_curve``) on 5,000 checkpoints, chain noise."""
     step = np.arange(10, 50_001, 10)
     x = np.log(step)
-    stages = [(10, 900 / np.exp(0.4), 15.0), (900, 6500, 40.0), (6500, 8500, -8.0),
-              (8500, 17_500 * np.exp(-0.2), 20.0), (17_500, 50_000, 10.0)]
+    stages = [
+        (10, 900 / np.exp(0.4), 15.0),
+        (900, 6500, 40.0),
+        (6500, 8500, -8.0),
+        (8500, 17_500 * np.exp(-0.2), 20.0),
+        (17_500, 50_000, 10.0),
+    ]
     clean, _ = _stages(x, 5.0, stages)
     se = _chain_se(clean)
     return step, clean + se * np.random.default_rng(seed).standard_normal(len(x)), se
@@ -55,8 +60,10 @@ def main() -> None:
             ds = find_stages(y, step, noise=se)
             times.append(time.perf_counter() - t)
             found.append([int(v) for v in ds.boundary_step.values])
-        print(f"{name}: best {min(times):.2f} s, median {statistics.median(times):.2f} s per curve "
-              f"(fit on {ds.attrs['gp_fit_points']} points, kernel {ds.attrs['gp_kernel']}); boundaries {found[0]}")
+        print(
+            f"{name}: best {min(times):.2f} s, median {statistics.median(times):.2f} s per curve "
+            f"(fit on {ds.attrs['gp_fit_points']} points, kernel {ds.attrs['gp_kernel']}); boundaries {found[0]}"
+        )
 
 
 if __name__ == "__main__":

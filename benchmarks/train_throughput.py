@@ -31,7 +31,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
             # alternate the order so neither loop always runs on a warmer machine
-            for write in ([False, True] if r % 2 == 0 else [True, False]):
+            for write in [False, True] if r % 2 == 0 else [True, False]:
                 t0 = time.perf_counter()
                 train(Path(tmp) / f"run{r}.zarr", config, progress=False, write=write)
                 rates["store writes" if write else "no writes"].append(n / (time.perf_counter() - t0))

@@ -33,8 +33,14 @@ def load_app():
     return module
 
 
-def serve(paths: list[str] | None = None, port: int | None = None, show: bool = False, *, address: str = "localhost",
-          start: bool = True):
+def serve(
+    paths: list[str] | None = None,
+    port: int | None = None,
+    show: bool = False,
+    *,
+    address: str = "localhost",
+    start: bool = True,
+):
     """Serve the app on the stores matching ``paths`` (globs; default ``stores/*.zarr``) until
     interrupted. Returns the server (already stopped when ``start``; running when not)."""
     import panel as pn
@@ -42,8 +48,15 @@ def serve(paths: list[str] | None = None, port: int | None = None, show: bool = 
     app = load_app()
     paths = list(paths or [])
     port = port or _free_port()
-    server = pn.serve({"stages": lambda: app.build_app(paths)}, port=port, address=address, show=False,
-                      start=False, title="devarray", websocket_origin=[f"{address}:{port}", f"127.0.0.1:{port}"])
+    server = pn.serve(
+        {"stages": lambda: app.build_app(paths)},
+        port=port,
+        address=address,
+        show=False,
+        start=False,
+        title="devarray",
+        websocket_origin=[f"{address}:{port}", f"127.0.0.1:{port}"],
+    )
     url = f"http://{address}:{port}/stages"
     print(f"devarray app: {url}  (Ctrl-C stops it)", flush=True)
     if not start:

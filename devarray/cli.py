@@ -34,8 +34,11 @@ def _number(kind, *, low=None, low_ok=True, high=None, high_ok=True, what=""):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        bad = (not math.isfinite(value) or (low is not None and (value < low or (value == low and not low_ok)))
-               or (high is not None and (value > high or (value == high and not high_ok))))
+        bad = (
+            not math.isfinite(value)
+            or (low is not None and (value < low or (value == low and not low_ok)))
+            or (high is not None and (value > high or (value == high and not high_ok)))
+        )
         if bad:
             raise argparse.ArgumentTypeError(f"{text} is not {what}")
         return value
@@ -103,15 +106,28 @@ def _cmd_hessian(args) -> None:
         if args.preset not in presets:
             raise ConfigError(f"unknown Hessian preset {args.preset!r}; choose one of {', '.join(presets)}")
         settings = dict(presets[args.preset])
-        settings.update({k: getattr(args, k) for k in ("batch_size", "num_probes", "top_k") if getattr(args, k) is not None})
+        settings.update(
+            {k: getattr(args, k) for k in ("batch_size", "num_probes", "top_k") if getattr(args, k) is not None}
+        )
         settings["num_lanczos"] = max(settings["num_lanczos"], settings["top_k"])
-        hessian.run(path, **settings, seed=args.seed, steps=_steps(args.steps), overwrite=args.overwrite,
-                    workers=args.workers, scheduler=args.scheduler, threads=args.threads, progress=not args.quiet,
-                    wait=args.wait)
+        hessian.run(
+            path,
+            **settings,
+            seed=args.seed,
+            steps=_steps(args.steps),
+            overwrite=args.overwrite,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            threads=args.threads,
+            progress=not args.quiet,
+            wait=args.wait,
+        )
         ds = hessian.as_dataset(path)
-        print(f"{path}: Hessian trace {float(ds.trace.min()):.3g}…{float(ds.trace.max()):.3g}, "
-              f"top eigenvalue {float(ds.top_eigenvalues.isel(eig=0).min()):.3g}…"
-              f"{float(ds.top_eigenvalues.isel(eig=0).max()):.3g} over {ds.sizes['step']} checkpoints")
+        print(
+            f"{path}: Hessian trace {float(ds.trace.min()):.3g}…{float(ds.trace.max()):.3g}, "
+            f"top eigenvalue {float(ds.top_eigenvalues.isel(eig=0).min()):.3g}…"
+            f"{float(ds.top_eigenvalues.isel(eig=0).max()):.3g} over {ds.sizes['step']} checkpoints"
+        )
 
 
 def _cmd_stages(args) -> None:
@@ -143,8 +159,10 @@ def _cmd_demo(args) -> None:
     config = setting.config(args.preset, args.seed)
     print(format_summary(train(path, config, progress=not args.quiet)))
     preset = setting.llc_presets_for(config.to_dict())["quick"]
-    print(f"[2/5] LLC at every checkpoint ({preset.num_chains} chains x "
-          f"{preset.num_burnin_steps + preset.num_draws} SGLD steps each)")
+    print(
+        f"[2/5] LLC at every checkpoint ({preset.num_chains} chains x "
+        f"{preset.num_burnin_steps + preset.num_draws} SGLD steps each)"
+    )
     results = llc.run(path, preset.settings(), dataset_size=preset.dataset_size, **compute)
     warning = llc.flagged(results)
     if warning:
@@ -209,7 +227,9 @@ def _figure(paths: list[str], out) -> None:
         names = [Path(p).name.removesuffix(".zarr") for p in paths]
         ds = xr.concat([i[0] for i in inputs], dim="run", join="outer").assign_coords(run=names)
         st = [i[1] for i in inputs]
-        stages = xr.concat(st, dim="run", join="outer").assign_coords(run=names) if all(s is not None for s in st) else None
+        stages = (
+            xr.concat(st, dim="run", join="outer").assign_coords(run=names) if all(s is not None for s in st) else None
+        )
         fig = plots.run_figure(ds, stages)
     plots.save_png(fig, out)
 
@@ -275,8 +295,9 @@ def _writable_stores(paths) -> None:
 def _llc_preset(setting, config: dict, name: str):
     presets = setting.llc_presets_for(config)
     if name not in presets:
-        raise ConfigError(f"unknown LLC preset {name!r} for the {setting.title} setting; choose one of "
-                          f"{', '.join(presets)}")
+        raise ConfigError(
+            f"unknown LLC preset {name!r} for the {setting.title} setting; choose one of {', '.join(presets)}"
+        )
     return presets[name]
 
 
@@ -284,9 +305,21 @@ def _llc_settings(args, setting, config: dict):
     from .slt import sgld_settings
 
     preset = _llc_preset(setting, config, args.preset)
-    given = {k: getattr(args, k) for k in ("num_chains", "num_draws", "num_burnin_steps", "batch_size", "epsilon",
-                                           "nbeta", "beta_tilde", "localization", "gamma_tilde")
-             if getattr(args, k) is not None}
+    given = {
+        k: getattr(args, k)
+        for k in (
+            "num_chains",
+            "num_draws",
+            "num_burnin_steps",
+            "batch_size",
+            "epsilon",
+            "nbeta",
+            "beta_tilde",
+            "localization",
+            "gamma_tilde",
+        )
+        if getattr(args, k) is not None
+    }
     base = {k: v for k, v in vars(preset).items() if k != "dataset_size"}
     if {"nbeta", "beta_tilde"} & set(given) or "epsilon" in given:
         base.pop("beta_tilde")  # an override of either temperature knob replaces the preset's
@@ -314,12 +347,25 @@ def _cmd_llc(args) -> None:
     for path in args.stores:
         config = RunStore.open(path, mode="r").config
         settings, n = _llc_settings(args, setting_for(config), config)
-        print(f"LLC: {settings.num_chains} chains x {settings.num_steps} steps ({settings.num_burnin_steps} burn-in), "
-              f"eps={settings.epsilon:g} beta~={settings.beta_tilde:g} (nbeta={settings.nbeta:.4g}) "
-              f"gamma~={settings.gamma_tilde:g}, m={settings.batch_size}, n={n}")
-        results = llc.run(path, settings, seed=args.seed, dataset_size=n, steps=_steps(args.steps),
-                          compile=args.compile, overwrite=args.overwrite, workers=args.workers,
-                          scheduler=args.scheduler, threads=args.threads, progress=not args.quiet, wait=args.wait)
+        print(
+            f"LLC: {settings.num_chains} chains x {settings.num_steps} steps ({settings.num_burnin_steps} burn-in), "
+            f"eps={settings.epsilon:g} beta~={settings.beta_tilde:g} (nbeta={settings.nbeta:.4g}) "
+            f"gamma~={settings.gamma_tilde:g}, m={settings.batch_size}, n={n}"
+        )
+        results = llc.run(
+            path,
+            settings,
+            seed=args.seed,
+            dataset_size=n,
+            steps=_steps(args.steps),
+            compile=args.compile,
+            overwrite=args.overwrite,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            threads=args.threads,
+            progress=not args.quiet,
+            wait=args.wait,
+        )
         print(llc.summary_table(path))
         warning = llc.flagged(results)
         if warning:
@@ -341,12 +387,20 @@ def _cmd_calibrate(args) -> None:
     model = load_model(store, args.step)
     model.fused_attention = True  # as the LLC pipeline samples it
     grid = calibrate(
-        model, setting.loss, setting.sgld_dataset(store.config, args.dataset_size or preset.dataset_size),
-        epsilon=args.epsilon, beta_tilde=args.beta_tilde, gamma_tilde=args.gamma_tilde,
-        batch_size=args.batch_size or preset.batch_size, num_chains=args.num_chains or preset.num_chains,
+        model,
+        setting.loss,
+        setting.sgld_dataset(store.config, args.dataset_size or preset.dataset_size),
+        epsilon=args.epsilon,
+        beta_tilde=args.beta_tilde,
+        gamma_tilde=args.gamma_tilde,
+        batch_size=args.batch_size or preset.batch_size,
+        num_chains=args.num_chains or preset.num_chains,
         num_draws=args.num_draws or preset.num_draws,
         num_burnin_steps=preset.num_burnin_steps if args.num_burnin_steps is None else args.num_burnin_steps,
-        seed=args.seed, label=f"step {args.step}", progress=not args.quiet)
+        seed=args.seed,
+        label=f"step {args.step}",
+        progress=not args.quiet,
+    )
     print(calibration_table(grid, args.step))
     if args.out:
         grid.to_zarr(args.out, mode="w" if args.overwrite else "w-", zarr_format=3)
@@ -356,22 +410,28 @@ def _cmd_calibrate(args) -> None:
 def calibration_table(grid, step: int) -> str:
     """One row per grid point: settings, LLC, flagged chains; then the A.4.3 recommendation."""
     b_name, g_name = grid.acceptable.dims[1], grid.acceptable.dims[2]
-    lines = [f"calibration at step {step} ({grid.attrs['num_chains']} chains x {grid.attrs['num_steps']} steps, "
-             f"m={grid.attrs['batch_size']})",
-             f"{'epsilon':>9} {'beta~':>8} {'nbeta':>8} {'gamma~':>8} {'llc':>9} {'± std':>7} "
-             f"{'diverged':>8} {'not conv':>8} {'escaped':>8}  ok"]
+    lines = [
+        f"calibration at step {step} ({grid.attrs['num_chains']} chains x {grid.attrs['num_steps']} steps, "
+        f"m={grid.attrs['batch_size']})",
+        f"{'epsilon':>9} {'beta~':>8} {'nbeta':>8} {'gamma~':>8} {'llc':>9} {'± std':>7} "
+        f"{'diverged':>8} {'not conv':>8} {'escaped':>8}  ok",
+    ]
     for e in grid.epsilon.values:
         for b in grid[b_name].values:
             for g in grid[g_name].values:
                 p = grid.sel(epsilon=e, **{b_name: b, g_name: g})
-                lines.append(f"{e:>9.2g} {float(p.beta_tilde):>8.3g} {float(p.nbeta):>8.3g} {float(p.gamma_tilde):>8.3g} "
-                             f"{float(p.llc_mean):>9.2f} {float(p.llc_std):>7.2f} {int(p.diverged.sum()):>8d} "
-                             f"{int(p.not_converged.sum()):>8d} {int(p.escaped.sum()):>8d}  "
-                             f"{'yes' if bool(p.acceptable) else 'no'}")
+                lines.append(
+                    f"{e:>9.2g} {float(p.beta_tilde):>8.3g} {float(p.nbeta):>8.3g} {float(p.gamma_tilde):>8.3g} "
+                    f"{float(p.llc_mean):>9.2f} {float(p.llc_std):>7.2f} {int(p.diverged.sum()):>8d} "
+                    f"{int(p.not_converged.sum()):>8d} {int(p.escaped.sum()):>8d}  "
+                    f"{'yes' if bool(p.acceptable) else 'no'}"
+                )
     a = grid.attrs
     if np.isfinite(a["recommended_epsilon"]):
-        lines.append(f"recommended (A.4.3): epsilon={a['recommended_epsilon']:g} beta~={a['recommended_beta_tilde']:.3g} "
-                     f"(nbeta={a['recommended_nbeta']:.3g}) gamma~={a['recommended_gamma_tilde']:.3g}")
+        lines.append(
+            f"recommended (A.4.3): epsilon={a['recommended_epsilon']:g} beta~={a['recommended_beta_tilde']:.3g} "
+            f"(nbeta={a['recommended_nbeta']:.3g}) gamma~={a['recommended_gamma_tilde']:.3g}"
+        )
     else:
         lines.append("no acceptable grid point: widen the grid")
     return "\n".join(lines)
@@ -384,22 +444,37 @@ def _cmd_observe(args) -> None:
     stores = [t for t in args.targets if t.endswith(".zarr") or Path(t).exists()]
     names = [t for t in args.targets if t not in stores] + (args.names or [])
     if not stores:
-        raise StoreError(f"no run store among {' '.join(args.targets)}; give a store path first, e.g. "
-                         "devarray observe stores/lr-quick-s0.zarr icl_scores")
+        raise StoreError(
+            f"no run store among {' '.join(args.targets)}; give a store path first, e.g. "
+            "devarray observe stores/lr-quick-s0.zarr icl_scores"
+        )
     _writable_stores(stores)
     for path in stores:
-        results = observe.run(path, names or None, probe_seed=args.probe_seed, modules=args.module,
-                              steps=_steps(args.steps), overwrite=args.overwrite, workers=args.workers,
-                              scheduler=args.scheduler, threads=args.threads, progress=not args.quiet,
-                              wait=args.wait)
+        results = observe.run(
+            path,
+            names or None,
+            probe_seed=args.probe_seed,
+            modules=args.module,
+            steps=_steps(args.steps),
+            overwrite=args.overwrite,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            threads=args.threads,
+            progress=not args.quiet,
+            wait=args.wait,
+        )
         print(f"{path}: computed {sum(len(r['names']) for r in results)} observable-checkpoints")
 
 
 def _add_compute_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", help="comma-separated checkpoint steps (default: every written checkpoint)")
-    p.add_argument("--workers", type=COUNT, default=0, help="run on a LocalCluster of N processes (default: in-process)")
+    p.add_argument(
+        "--workers", type=COUNT, default=0, help="run on a LocalCluster of N processes (default: in-process)"
+    )
     p.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://host:8786")
-    p.add_argument("--threads", type=POSITIVE_INT, help="torch threads per task (default: all cores in-process, 1 per worker)")
+    p.add_argument(
+        "--threads", type=POSITIVE_INT, help="torch threads per task (default: all cores in-process, 1 per worker)"
+    )
     p.add_argument("--wait", action="store_true", help="wait for another writer of the same group instead of stopping")
     p.add_argument("--overwrite", action="store_true", help="recompute what was stored with other settings")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -412,8 +487,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .settings import get, names
 
     known = "; ".join(f"{n}: {get(n).title}" for n in names())
-    t = sub.add_parser("train", help="train a model into a run store",
-                       description=f"Train a setting's model into a run store. Settings: {known}.")
+    t = sub.add_parser(
+        "train",
+        help="train a model into a run store",
+        description=f"Train a setting's model into a run store. Settings: {known}.",
+    )
     t.add_argument("setting", metavar="SETTING", help=f"the setting to train ({known})")
     t.add_argument("--preset", default="quick", help="tiny | quick | paper (default quick)")
     t.add_argument("--seed", type=SEED, default=0)
@@ -430,20 +508,32 @@ def build_parser() -> argparse.ArgumentParser:
     ll.add_argument("stores", nargs="+")
     ll.add_argument("--preset", default="quick", help="LLC sampler preset: quick | paper (A.3.2)")
     ll.add_argument("--chains", dest="num_chains", type=POSITIVE_INT)
-    ll.add_argument("--draws", dest="num_draws", type=_number(int, low=4, what="an integer >= 4 (the drift "
-                    "diagnostic compares quarters of the draws)"), help="kept draws per chain (at least 4)")
+    ll.add_argument(
+        "--draws",
+        dest="num_draws",
+        type=_number(int, low=4, what="an integer >= 4 (the drift diagnostic compares quarters of the draws)"),
+        help="kept draws per chain (at least 4)",
+    )
     ll.add_argument("--burnin", dest="num_burnin_steps", type=COUNT)
     ll.add_argument("--batch-size", type=POSITIVE_INT, help="SGLD minibatch size m")
     ll.add_argument("--dataset-size", type=POSITIVE_INT, help="size n of the fixed SGLD dataset")
-    ll.add_argument("--epsilon", "--lr", dest="epsilon", type=POSITIVE,
-                    help="SGLD step size; alone it keeps the preset's nβ and γ (β̃ and γ̃ move with it)")
+    ll.add_argument(
+        "--epsilon",
+        "--lr",
+        dest="epsilon",
+        type=POSITIVE,
+        help="SGLD step size; alone it keeps the preset's nβ and γ (β̃ and γ̃ move with it)",
+    )
     ll.add_argument("--nbeta", type=POSITIVE)
     ll.add_argument("--beta-tilde", type=POSITIVE, help="ε nβ / 2")
     ll.add_argument("--localization", "--gamma", dest="localization", type=POSITIVE)
     ll.add_argument("--gamma-tilde", type=POSITIVE, help="ε γ / 2")
     ll.add_argument("--seed", type=SEED, default=0, help="SGLD seed, the same at every checkpoint (A.4.2)")
-    ll.add_argument("--compile", action="store_true",
-                    help="torch.compile the gradient: faster long chains (e.g. --preset paper), ~15 s to compile per checkpoint")
+    ll.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the gradient: faster long chains (e.g. --preset paper), ~15 s to compile per checkpoint",
+    )
     _add_compute_options(ll)
     ll.set_defaults(func=_cmd_llc)
 
@@ -466,8 +556,12 @@ def build_parser() -> argparse.ArgumentParser:
     ca.set_defaults(func=_cmd_calibrate)
 
     ob = sub.add_parser("observe", help="compute registered observables at every checkpoint")
-    ob.add_argument("targets", nargs="+", metavar="STORE_OR_NAME",
-                    help="run stores, then observables to compute (default: all registered)")
+    ob.add_argument(
+        "targets",
+        nargs="+",
+        metavar="STORE_OR_NAME",
+        help="run stores, then observables to compute (default: all registered)",
+    )
     ob.add_argument("--name", dest="names", action="append", help="observable to compute (repeatable)")
     ob.add_argument("--module", action="append", default=[], help="Python file or module that registers observables")
     ob.add_argument("--probe-seed", type=SEED, default=0)
@@ -478,8 +572,11 @@ def build_parser() -> argparse.ArgumentParser:
     he.add_argument("stores", nargs="+")
     he.add_argument("--preset", default="quick", help="quick | paper (m=1,024, 100 probes, 64 Lanczos steps)")
     he.add_argument("--batch-size", type=POSITIVE_INT, help="size m of the fixed batch")
-    he.add_argument("--num-probes", type=_number(int, low=2, what="an integer >= 2 (a standard error needs two)"),
-                    help="Hutchinson probes")
+    he.add_argument(
+        "--num-probes",
+        type=_number(int, low=2, what="an integer >= 2 (a standard error needs two)"),
+        help="Hutchinson probes",
+    )
     he.add_argument("--top-k", type=POSITIVE_INT, help="number of top eigenvalues")
     he.add_argument("--seed", type=SEED, default=0)
     _add_compute_options(he)
@@ -487,10 +584,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("stages", help="find stage boundaries on the LLC curve (writes the stages group)")
     st.add_argument("stores", nargs="+")
-    st.add_argument("--variable", default="llc/llc_mean", help="GROUP/VARIABLE over step to divide (default llc/llc_mean)")
-    st.add_argument("--tolerance", type=_number(float, low=0, low_ok=False, high=1, high_ok=False,
-                                                what="a fraction strictly between 0 and 1"),
-                    help="plateau tolerance: a saddle's |slope| as a fraction of its neighbouring movements' (0.15)")
+    st.add_argument(
+        "--variable", default="llc/llc_mean", help="GROUP/VARIABLE over step to divide (default llc/llc_mean)"
+    )
+    st.add_argument(
+        "--tolerance",
+        type=_number(float, low=0, low_ok=False, high=1, high_ok=False, what="a fraction strictly between 0 and 1"),
+        help="plateau tolerance: a saddle's |slope| as a fraction of its neighbouring movements' (0.15)",
+    )
     st.add_argument("--wrt", choices=["log_step", "step"], help="differentiate in log step (default) or step")
     st.set_defaults(func=_cmd_stages)
 
@@ -515,7 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--out-dir", default="stores")
     de.add_argument("--seed", type=SEED, default=0)
     de.add_argument("--preset", default="quick", help="training preset (quick; tiny for a smoke run in seconds)")
-    de.add_argument("--workers", type=COUNT, default=0, help="LocalCluster processes for the pipelines (default in-process)")
+    de.add_argument(
+        "--workers", type=COUNT, default=0, help="LocalCluster processes for the pipelines (default in-process)"
+    )
     de.add_argument("--verbose", action="store_true", help="also print the LLC of every checkpoint")
     de.add_argument("--quiet", action="store_true", help="no progress bars")
     de.set_defaults(func=_cmd_demo)
@@ -561,8 +664,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as e:  # a full disk, a read-only file system, a vanished path: not a bug of ours
         where = f" ({e.filename})" if e.filename else ""
-        print(f"devarray: error: {e.strerror or e}{where}; check that the path is writable and the disk has space; "
-              "what was written before is kept", file=sys.stderr)
+        print(
+            f"devarray: error: {e.strerror or e}{where}; check that the path is writable and the disk has space; "
+            "what was written before is kept",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("devarray: interrupted; what was written is kept and the same command resumes", file=sys.stderr)

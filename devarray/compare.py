@@ -44,8 +44,9 @@ def compare(store, step_from: int, step_to: int, n: int = 5, *, n_samples: int =
     steps = store.done_steps("params")
     for s in (step_from, step_to):
         if s not in steps:
-            raise StoreError(f"checkpoint {s} is not written in {store.path}; written: {steps.tolist()}",
-                             argument="steps")
+            raise StoreError(
+                f"checkpoint {s} is not written in {store.path}; written: {steps.tolist()}", argument="steps"
+            )
     tokens = fixed(config, n_samples, "test")
     before = true_logits(load_model(store, step_from), tokens)
     after = true_logits(load_model(store, step_to), tokens)
@@ -54,13 +55,21 @@ def compare(store, step_from: int, step_to: int, n: int = 5, *, n_samples: int =
     source = token_source(config)
     text = np.array([source.decode(tokens[i]) for i in order], dtype=object).astype(str)
     return xr.Dataset(
-        {"token": (("sample", "position"), tokens[order].numpy()),
-         "text": (("sample", "position"), text),
-         "logit_change": (("sample", "position"), change[order],
-                          {"units": "1", "long_name": "change of the true next token's logit"})},
+        {
+            "token": (("sample", "position"), tokens[order].numpy()),
+            "text": (("sample", "position"), text),
+            "logit_change": (
+                ("sample", "position"),
+                change[order],
+                {"units": "1", "long_name": "change of the true next token's logit"},
+            ),
+        },
         coords={"sample": np.arange(len(order)), "position": np.arange(tokens.shape[1]), "context": ("sample", order)},
-        attrs={"step_from": int(step_from), "step_to": int(step_to),
-               "joiner": "" if hasattr(source, "tokenizer") else " "},  # corpus tokens carry their own spaces
+        attrs={
+            "step_from": int(step_from),
+            "step_to": int(step_to),
+            "joiner": "" if hasattr(source, "tokenizer") else " ",
+        },  # corpus tokens carry their own spaces
     )
 
 
@@ -78,6 +87,7 @@ def format_comparison(result: xr.Dataset, *, top: int = 8, color: bool = True) -
                 parts.append(f"{RED if d > 0 else BLUE}{tok}{RESET}" if color else f"[{tok} {d:+.2f}]")
             else:
                 parts.append(str(tok))
-        lines.append(f"context {int(result.context[i])} (max |change| {np.nanmax(np.abs(delta)):.2f}): "
-                     + joiner.join(parts))
+        lines.append(
+            f"context {int(result.context[i])} (max |change| {np.nanmax(np.abs(delta)):.2f}): " + joiner.join(parts)
+        )
     return "\n".join(lines)

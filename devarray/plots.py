@@ -14,7 +14,6 @@ cold where it decreases (figure 1), with the boundaries as dashed vertical lines
 from __future__ import annotations
 
 import warnings
-
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -93,7 +92,8 @@ def stage_overlay(stages: xr.Dataset) -> hv.Overlay:
     ]
     lines = [
         _style(hv.VLine(float(s)), dash="--", color="black", alpha=0.7, line_width=1)
-        for r in runs for s in r.boundary_step.values
+        for r in runs
+        for s in r.boundary_step.values
     ]
     return hv.Overlay(spans + lines)
 
@@ -134,7 +134,11 @@ def _curve_panel(ds: xr.Dataset, name: str, fit: xr.Dataset | None, band: str | 
         items.append(hv.Curve((d.step.values, d.values), "step", y, label=label or "estimate"))
     if fit is not None:
         f = _positive(fit.smooth)
-        items.append(_style(hv.Curve((f.step.values, f.values), "step", y, label="GP fit"), dash=":", color=FIT_COLOR, line_width=2))
+        items.append(
+            _style(
+                hv.Curve((f.step.values, f.values), "step", y, label="GP fit"), dash=":", color=FIT_COLOR, line_width=2
+            )
+        )
     return hv.Overlay(items)
 
 
@@ -144,13 +148,31 @@ def _slope_panel(ds: xr.Dataset, name: str, fit: xr.Dataset | None) -> hv.Overla
     items = [_style(hv.HLine(0.0), color="grey", line_width=0.8)]
     for _, label, d in _by_run(da):
         color = {} if label else {"color": DIFF_COLOR}  # several runs: one colour per run
-        items.append(_style(hv.Curve((d.step.values, finite_difference_slope(d)), "step", y, label=label or "finite differences"),
-                            alpha=0.35, **color))
+        items.append(
+            _style(
+                hv.Curve((d.step.values, finite_difference_slope(d)), "step", y, label=label or "finite differences"),
+                alpha=0.35,
+                **color,
+            )
+        )
     if fit is not None:
         f = fit.isel(step=fit.step.values > 0)
-        items.append(_style(hv.Area((f.step.values, f.slope_lo.values, f.slope_hi.values), "step", [y, f"{name}_slope_hi"]),
-                            color=FIT_COLOR, alpha=0.15, line_width=0))
-        items.append(_style(hv.Curve((f.step.values, f.slope.values), "step", y, label="GP slope"), dash=":", color=FIT_COLOR, line_width=2))
+        items.append(
+            _style(
+                hv.Area((f.step.values, f.slope_lo.values, f.slope_hi.values), "step", [y, f"{name}_slope_hi"]),
+                color=FIT_COLOR,
+                alpha=0.15,
+                line_width=0,
+            )
+        )
+        items.append(
+            _style(
+                hv.Curve((f.step.values, f.slope.values), "step", y, label="GP slope"),
+                dash=":",
+                color=FIT_COLOR,
+                line_width=2,
+            )
+        )
     return hv.Overlay(items)
 
 
@@ -197,7 +219,11 @@ def run_figure(
             # the shading goes first so the curves draw over it; it would name the axes x and y
             # aspect "auto": a numeric aspect on a log axis is read in data units and squashes the panel
             panels.append((shade * panel).opts(logx=True, aspect="auto", backend="matplotlib", **opts))
-    return hv.Layout(panels).cols(len(names)).opts(sublabel_format="", fig_inches=(4.5 * len(names), 6), backend="matplotlib")
+    return (
+        hv.Layout(panels)
+        .cols(len(names))
+        .opts(sublabel_format="", fig_inches=(4.5 * len(names), 6), backend="matplotlib")
+    )
 
 
 def _slope_limits(da: xr.DataArray, fit: xr.Dataset | None) -> tuple[float, float]:

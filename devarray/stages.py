@@ -54,7 +54,8 @@ plateau's end, where |slope| climbs through τ and the next movement begins — 
 steep function, which rounding moves by nothing (and not before the band excludes zero: a GP
 bleeds a steep rise's slope back onto the plateau before it). Its uncertainty is the stretch
 around it where the band contains the slope's value there. A max/min sits at the extremum (an
-integral of the slope, stable), with the stretch where the band contains zero as its uncertainty. Each boundary's *significance* is the
+integral of the slope, stable), with the stretch where the band contains zero as its uncertainty.
+Each boundary's *significance* is the
 probability (Gaussian, pointwise) of its weakest link: that the slope on each side has its sign
 (the largest |slope|/sd of each neighbouring movement), and for a plateau also that |slope| at
 the minimum is below τ.
@@ -131,7 +132,10 @@ class StageOptions:
 
     def __post_init__(self):
         if not 0 < self.tolerance < 1:
-            raise ValueError(f"tolerance is a fraction of the neighbouring movements' peak |slope|; got {self.tolerance}, use a value in (0, 1)")
+            raise ValueError(
+                f"tolerance is a fraction of the neighbouring movements' peak |slope|; got "
+                f"{self.tolerance}, use a value in (0, 1)"
+            )
         if not 0 < self.credible < 1:
             raise ValueError(f"credible is a probability mass; got {self.credible}, use e.g. 0.95")
         if self.wrt not in ("log_step", "step"):
@@ -165,7 +169,9 @@ class _GP(gpytorch.models.ExactGP):
         self.warped = warped
         self.mean_module = gpytorch.means.ConstantMean()
         self.covar_module = gpytorch.kernels.ScaleKernel(
-            gpytorch.kernels.MaternKernel(nu=2.5, lengthscale_constraint=gpytorch.constraints.GreaterThan(min_lengthscale))
+            gpytorch.kernels.MaternKernel(
+                nu=2.5, lengthscale_constraint=gpytorch.constraints.GreaterThan(min_lengthscale)
+            )
         )
         if warped:
             for name in ("a", "b"):
@@ -236,7 +242,8 @@ class GPFit:
 
     @property
     def hyperparameters(self) -> dict[str, float | str]:
-        """Kernel, local lengthscale range in log step, signal and learned-noise standard deviations in the curve's units."""
+        """Kernel, local lengthscale range in log step, signal and learned-noise standard deviations
+        in the curve's units."""
         m = self.model
         lik = m.likelihood
         extra = lik.second_noise if isinstance(lik, gpytorch.likelihoods.FixedNoiseGaussianLikelihood) else lik.noise
@@ -307,7 +314,9 @@ def _log_evidence(model) -> torch.Tensor:
     else:
         noise = lik.noise.reshape(-1).expand(len(Y))
     W = model.warp(U)[0]
-    K, _ = _matern52(W[:, None] - W[None, :], model.covar_module.base_kernel.lengthscale[0, 0], model.covar_module.outputscale)
+    K, _ = _matern52(
+        W[:, None] - W[None, :], model.covar_module.base_kernel.lengthscale[0, 0], model.covar_module.outputscale
+    )
     L = torch.linalg.cholesky(K + torch.diag(noise))
     r = (Y - model.mean_module.constant)[:, None]
     a = torch.linalg.solve_triangular(L, r, upper=False)
@@ -340,13 +349,16 @@ def _new_model(U, Y, var, options, x_span, warped):
         likelihood.noise = max(0.01, 2 * options.min_noise)
     else:
         likelihood = gpytorch.likelihoods.FixedNoiseGaussianLikelihood(
-            noise=var, learn_additional_noise=True, noise_constraint=floor).double()
+            noise=var, learn_additional_noise=True, noise_constraint=floor
+        ).double()
         likelihood.second_noise = max(1e-4, 2 * options.min_noise)
     model = _GP(U, Y, likelihood, options.min_lengthscale / x_span, warped).double()
     return model, likelihood
 
 
-def fit_gp(log_step: np.ndarray, y: np.ndarray, options: StageOptions = StageOptions(), noise: np.ndarray | None = None) -> GPFit:
+def fit_gp(
+    log_step: np.ndarray, y: np.ndarray, options: StageOptions = StageOptions(), noise: np.ndarray | None = None
+) -> GPFit:
     """GP fit of ``y`` over ``log_step`` by maximum marginal likelihood (appendix B.1).
 
     ``noise``: standard error of each point (heteroscedastic, fixed) or None (learned). The
@@ -377,7 +389,9 @@ def fit_gp(log_step: np.ndarray, y: np.ndarray, options: StageOptions = StageOpt
         if var_all is not None:
             best.likelihood.noise = var_all
     with _threads(len(x)):
-        return GPFit(best, float(x_lo), float(x_span), float(y_mean), float(y_scale), float(best_ev), float(stationary), len(idx))
+        return GPFit(
+            best, float(x_lo), float(x_span), float(y_mean), float(y_scale), float(best_ev), float(stationary), len(idx)
+        )
 
 
 def _select(U, Y, var, options, x_span):
@@ -408,7 +422,10 @@ def _select(U, Y, var, options, x_span):
 def _as_curve(y, step) -> tuple[np.ndarray, np.ndarray, str, dict]:
     if isinstance(y, xr.DataArray):
         if y.dims != ("step",):
-            raise ValueError(f"stages need a 1-D curve over 'step'; got dims {y.dims}; select one run/chain first (e.g. .sel(run=...))")
+            raise ValueError(
+                f"stages need a 1-D curve over 'step'; got dims {y.dims}; select one run/chain first "
+                f"(e.g. .sel(run=...))"
+            )
         return y["step"].values.astype(np.int64), y.values.astype(np.float64), str(y.name or "y"), dict(y.attrs)
     if step is None:
         raise ValueError("pass `step` with a numpy curve, or a DataArray with a 'step' coordinate")
@@ -431,7 +448,9 @@ def _as_noise(noise, steps: np.ndarray) -> np.ndarray | None:
             noise = noise.reindex(step=steps).values
     se = np.asarray(noise, dtype=np.float64)
     if se.shape not in ((), steps.shape):
-        raise ValueError(f"noise must be a scalar or one standard error per checkpoint; got shape {se.shape} for {steps.shape} steps")
+        raise ValueError(
+            f"noise must be a scalar or one standard error per checkpoint; got shape {se.shape} for {steps.shape} steps"
+        )
     return np.broadcast_to(se, steps.shape)
 
 
@@ -532,7 +551,7 @@ def _boundaries(x, smooth, slope, sd, z, x_data, options, change_std) -> list[_B
             z_side = min(tstat[p:i].max(), tstat[i + 1 : q + 1].max())
             z_dip = (tau - absl[i]) / max(sd[i], 1e-300)
             found.append(_Boundary(b, "plateau", u_lo, u_hi, start, end, tau, float(ndtr(min(z_side, z_dip)))))
-    for (A1, B1, s1), (A2, B2, _), left, right in zip(chains, chains[1:], pieces, pieces[1:]):
+    for (_, B1, s1), (A2, _, _), left, right in zip(chains, chains[1:], pieces, pieces[1:]):
         gap = np.arange(B1, A2 + 1)
         i = int(gap[np.argmax(smooth[gap] * s1)])  # max after a rise, min after a fall
         (p, _), (_, q) = left[-1], right[0]
@@ -635,47 +654,137 @@ def find_stages(y: xr.DataArray | np.ndarray, step: np.ndarray | None = None, no
     band = f"pointwise {opt.credible:.0%} credible band of the slope"
     return xr.Dataset(
         {
-            "smooth": ("step", over_step(c_mean), _attrs(
-                f"GP-smoothed {label}", units, f"Posterior mean of a GP fit of {name} over log step (appendix B.1).")),
-            "slope": ("step", over_step(c_slope), _attrs(
-                f"slope of {label}", slope_units, f"Posterior mean of d{name}/d({per}) of the GP.")),
-            "slope_lo": ("step", over_step(c_slope - z * c_sd), _attrs(
-                f"slope of {label}, lower bound", slope_units, f"Lower end of the {band}.")),
-            "slope_hi": ("step", over_step(c_slope + z * c_sd), _attrs(
-                f"slope of {label}, upper bound", slope_units, f"Upper end of the {band}.")),
-            "stage": ("step", 1 + np.searchsorted(b_step, steps, side="right"), _attrs(
-                "stage", "1", "Stage containing the step, numbered from 1; a boundary step starts the next stage.")),
-            "boundary_step": ("boundary", b_step, _attrs(
-                "stage boundary", "steps",
-                "Where the slope vanishes: the extremum of the smooth curve at a crossing ('max'/'min'), the end of the plateau at a saddle.")),
-            "boundary_kind": ("boundary", b_kind, _attrs(
-                "boundary kind", "1",
-                "'max' or 'min' where the slope crosses zero, 'plateau' at a saddle (a local minimum of |slope| below the tolerance).")),
-            "boundary_step_lo": ("boundary", at([f.lo for f in found]), _attrs(
-                "stage boundary, earliest", "steps",
-                f"Start of the stretch around the boundary where the {band} contains the slope's value there (0 at a crossing, ±tolerance at a plateau's end).")),
-            "boundary_step_hi": ("boundary", at([f.hi for f in found]), _attrs(
-                "stage boundary, latest", "steps", "End of that stretch.")),
-            "boundary_significance": ("boundary", np.array([f.significance for f in found], dtype=np.float64), _attrs(
-                "boundary significance", "1",
-                "Posterior probability (Gaussian, pointwise) of the boundary's weakest link: the slope's sign on each side and, at a plateau, |slope| below the tolerance at its minimum.")),
-            "plateau_start": ("boundary", at([f.start for f in found]), _attrs(
-                "plateau start", "steps", "First step of the stretch around the boundary where |slope| stays below the tolerance.")),
-            "plateau_end": ("boundary", at([f.end for f in found]), _attrs(
-                "plateau end", "steps", "Last step of that stretch; a plateau's boundary is here, where the next movement begins.")),
-            "boundary_slope_tolerance": ("boundary", np.array([f.tolerance for f in found], dtype=np.float64), _attrs(
-                "slope tolerance", slope_units, "tolerance × the geometric mean of the peak |slope|s of the movements on either side of the boundary.")),
+            "smooth": (
+                "step",
+                over_step(c_mean),
+                _attrs(
+                    f"GP-smoothed {label}", units, f"Posterior mean of a GP fit of {name} over log step (appendix B.1)."
+                ),
+            ),
+            "slope": (
+                "step",
+                over_step(c_slope),
+                _attrs(f"slope of {label}", slope_units, f"Posterior mean of d{name}/d({per}) of the GP."),
+            ),
+            "slope_lo": (
+                "step",
+                over_step(c_slope - z * c_sd),
+                _attrs(f"slope of {label}, lower bound", slope_units, f"Lower end of the {band}."),
+            ),
+            "slope_hi": (
+                "step",
+                over_step(c_slope + z * c_sd),
+                _attrs(f"slope of {label}, upper bound", slope_units, f"Upper end of the {band}."),
+            ),
+            "stage": (
+                "step",
+                1 + np.searchsorted(b_step, steps, side="right"),
+                _attrs(
+                    "stage", "1", "Stage containing the step, numbered from 1; a boundary step starts the next stage."
+                ),
+            ),
+            "boundary_step": (
+                "boundary",
+                b_step,
+                _attrs(
+                    "stage boundary",
+                    "steps",
+                    "Where the slope vanishes: the extremum of the smooth curve at a crossing "
+                    "('max'/'min'), the end of the plateau at a saddle.",
+                ),
+            ),
+            "boundary_kind": (
+                "boundary",
+                b_kind,
+                _attrs(
+                    "boundary kind",
+                    "1",
+                    "'max' or 'min' where the slope crosses zero, 'plateau' at a saddle (a local "
+                    "minimum of |slope| below the tolerance).",
+                ),
+            ),
+            "boundary_step_lo": (
+                "boundary",
+                at([f.lo for f in found]),
+                _attrs(
+                    "stage boundary, earliest",
+                    "steps",
+                    f"Start of the stretch around the boundary where the {band} contains the slope's "
+                    f"value there (0 at a crossing, ±tolerance at a plateau's end).",
+                ),
+            ),
+            "boundary_step_hi": (
+                "boundary",
+                at([f.hi for f in found]),
+                _attrs("stage boundary, latest", "steps", "End of that stretch."),
+            ),
+            "boundary_significance": (
+                "boundary",
+                np.array([f.significance for f in found], dtype=np.float64),
+                _attrs(
+                    "boundary significance",
+                    "1",
+                    "Posterior probability (Gaussian, pointwise) of the boundary's weakest link: the "
+                    "slope's sign on each side and, at a plateau, |slope| below the tolerance at its minimum.",
+                ),
+            ),
+            "plateau_start": (
+                "boundary",
+                at([f.start for f in found]),
+                _attrs(
+                    "plateau start",
+                    "steps",
+                    "First step of the stretch around the boundary where |slope| stays below the tolerance.",
+                ),
+            ),
+            "plateau_end": (
+                "boundary",
+                at([f.end for f in found]),
+                _attrs(
+                    "plateau end",
+                    "steps",
+                    "Last step of that stretch; a plateau's boundary is here, where the next movement begins.",
+                ),
+            ),
+            "boundary_slope_tolerance": (
+                "boundary",
+                np.array([f.tolerance for f in found], dtype=np.float64),
+                _attrs(
+                    "slope tolerance",
+                    slope_units,
+                    "tolerance × the geometric mean of the peak |slope|s of the movements on either "
+                    "side of the boundary.",
+                ),
+            ),
             "stage_start": ("stage_id", edges[:-1], _attrs("stage start", "steps", "First step of the stage.")),
-            "stage_end": ("stage_id", edges[1:], _attrs("stage end", "steps", "Last step of the stage (the next stage's start).")),
-            "stage_direction": ("stage_id", np.where(change >= 0, "increasing", "decreasing").astype("<U10"), _attrs(
-                "stage direction", "1", f"Sign of the change of the smoothed {name} over the stage.")),
-            "stage_change": ("stage_id", change, _attrs(
-                f"change of {label}", units, f"Smoothed {name} at the stage's end minus at its start.")),
+            "stage_end": (
+                "stage_id",
+                edges[1:],
+                _attrs("stage end", "steps", "Last step of the stage (the next stage's start)."),
+            ),
+            "stage_direction": (
+                "stage_id",
+                np.where(change >= 0, "increasing", "decreasing").astype("<U10"),
+                _attrs("stage direction", "1", f"Sign of the change of the smoothed {name} over the stage."),
+            ),
+            "stage_change": (
+                "stage_id",
+                change,
+                _attrs(f"change of {label}", units, f"Smoothed {name} at the stage's end minus at its start."),
+            ),
         },
         coords={
             "step": ("step", steps, _attrs("training step", "steps", "Checkpoint step.")),
-            "boundary": ("boundary", np.arange(len(found)), _attrs("boundary index", "1", "Boundaries in order of step.")),
-            "stage_id": ("stage_id", np.arange(1, len(found) + 2), _attrs("stage number", "1", "Stages numbered from 1.")),
+            "boundary": (
+                "boundary",
+                np.arange(len(found)),
+                _attrs("boundary index", "1", "Boundaries in order of step."),
+            ),
+            "stage_id": (
+                "stage_id",
+                np.arange(1, len(found) + 2),
+                _attrs("stage number", "1", "Stages numbered from 1."),
+            ),
         },
         attrs={
             "description": f"Developmental stages of {name} (paper §5, appendix B.1).",
@@ -691,13 +800,16 @@ def stage_table(stages: xr.Dataset, others: xr.Dataset | None = None) -> pd.Data
     """One row per stage: start, end, direction, change of the staged (smoothed) variable and,
     for every variable of ``others`` over ``step``, its change over the stage (value at the
     checkpoint nearest the stage's end minus at its start)."""
-    table = pd.DataFrame({
-        "start": stages.stage_start.values,
-        "end": stages.stage_end.values,
-        "direction": stages.stage_direction.values,
-        f"Δ{stages.attrs.get('variable', 'y')}": stages.stage_change.values,
-    }, index=pd.Index(stages.stage_id.values, name="stage"))
-    for name, da in (others.data_vars.items() if others is not None else ()):
+    table = pd.DataFrame(
+        {
+            "start": stages.stage_start.values,
+            "end": stages.stage_end.values,
+            "direction": stages.stage_direction.values,
+            f"Δ{stages.attrs.get('variable', 'y')}": stages.stage_change.values,
+        },
+        index=pd.Index(stages.stage_id.values, name="stage"),
+    )
+    for name, da in others.data_vars.items() if others is not None else ():
         if da.dims != ("step",):
             continue  # only curves over step have a change per stage
         end, start = (da.sel(step=table[k].values, method="nearest").values for k in ("end", "start"))

@@ -51,7 +51,7 @@ class VarSpec:
     chunk: int | None = None
 
     @classmethod
-    def from_schema(cls, spec: dict) -> "VarSpec":
+    def from_schema(cls, spec: dict) -> VarSpec:
         attrs = {k: spec[k] for k in ("long_name", "units", "description") if k in spec}
         return cls(tuple(spec["dims"]), spec["dtype"], attrs, spec.get("chunk"))
 
@@ -95,8 +95,10 @@ def _quiet_zarr():
     """zarr warns that consolidated metadata and variable-length strings are not yet in the v3
     spec; both are read by zarr and xarray. Silenced here, around our own calls only."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*(unstable|not part of the Zarr format 3|Zarr V3 specification"
-                                "|[Cc]onsolidated metadata).*")
+        warnings.filterwarnings(
+            "ignore",
+            message=".*(unstable|not part of the Zarr format 3|Zarr V3 specification|[Cc]onsolidated metadata).*",
+        )
         yield
 
 
@@ -111,7 +113,7 @@ class RunStore:
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def create(cls, path, config: dict, *, overwrite: bool = False) -> "RunStore":
+    def create(cls, path, config: dict, *, overwrite: bool = False) -> RunStore:
         """A new, empty store whose root attributes hold ``config``.
 
         An existing store is replaced only with ``overwrite=True``."""
@@ -133,7 +135,7 @@ class RunStore:
                 "preset": config.get("preset", ""),
                 "schema_version": SCHEMA_VERSION,
                 "devarray_version": __version__,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             }
         )
         store = cls(path, root)
@@ -141,7 +143,7 @@ class RunStore:
         return store
 
     @classmethod
-    def open(cls, path, mode: str = "r+", *, validate: bool = True) -> "RunStore":
+    def open(cls, path, mode: str = "r+", *, validate: bool = True) -> RunStore:
         """Open an existing store and validate it against the schemas (pipeline workers skip
         that: their driver has validated the store, and it costs a read of every array's metadata)."""
         path = Path(path)
@@ -153,11 +155,15 @@ class RunStore:
             raise StoreError(f"{path} is a zarr store but not a devarray run store (no config attribute)")
         version = root.attrs.get("schema_version")
         if isinstance(version, int) and version > SCHEMA_VERSION:
-            raise StoreError(f"{path} was written by a newer devarray (schema version {version}; this one reads "
-                             f"{SCHEMA_VERSION}); upgrade devarray to read it")
+            raise StoreError(
+                f"{path} was written by a newer devarray (schema version {version}; this one reads "
+                f"{SCHEMA_VERSION}); upgrade devarray to read it"
+            )
         if version != SCHEMA_VERSION:
-            raise StoreError(f"{path} has schema version {version}, this devarray reads {SCHEMA_VERSION}; "
-                             "retrain the run (add --overwrite) with this devarray")
+            raise StoreError(
+                f"{path} has schema version {version}, this devarray reads {SCHEMA_VERSION}; "
+                "retrain the run (add --overwrite) with this devarray"
+            )
         store = cls(path, root)
         if validate:
             store.validate()
@@ -180,8 +186,9 @@ class RunStore:
     def group(self, name: str) -> zarr.Group:
         if not self.has_group(name):
             raise StoreError(f"{self.path} has no group {name!r}; groups: {', '.join(self.groups()) or 'none'}")
-        return zarr.open_group(self.root.store, path=name, mode=self.root.read_only and "r" or "r+",
-                               zarr_format=3, use_consolidated=False)
+        return zarr.open_group(
+            self.root.store, path=name, mode=self.root.read_only and "r" or "r+", zarr_format=3, use_consolidated=False
+        )
 
     def schema(self, group: str) -> dict:
         """The schema a stored group follows (its ``schema`` attribute; by default its name)."""
@@ -239,8 +246,9 @@ class RunStore:
             if not overwrite:
                 raise StoreError(f"group {name!r} of {self.path} is damaged; pass --overwrite to recompute it")
             shutil.rmtree(self.path / name)
-        g = self.root.create_group(name, attributes={"description": schema["description"], "schema": schema_name,
-                                                      **(attrs or {})})
+        g = self.root.create_group(
+            name, attributes={"description": schema["description"], "schema": schema_name, **(attrs or {})}
+        )
         for cname, cspec in schema["coords"].items():
             if cname in coords:
                 self._create_coord(g, cname, np.asarray(coords[cname]), cspec)
@@ -250,8 +258,14 @@ class RunStore:
         self.consolidate()
         return g
 
-    def add_variables(self, name: str, variables: dict[str, VarSpec], coords: dict[str, np.ndarray] | None = None,
-                      *, overwrite: bool = False) -> None:
+    def add_variables(
+        self,
+        name: str,
+        variables: dict[str, VarSpec],
+        coords: dict[str, np.ndarray] | None = None,
+        *,
+        overwrite: bool = False,
+    ) -> None:
         """Add variables (and any new dimension coordinates) to an existing dynamic group."""
         schema = self.schema(name) if self.has_group(name) else schemas.load(name)
         if not schema.get("dynamic"):
@@ -264,8 +278,10 @@ class RunStore:
                     raise StoreError(f"coordinate {cname!r} of {name!r} differs from the stored one")
             else:
                 known = schema["coords"].get(cname) or {
-                    "long_name": cname.replace("_", " "), "units": "1",
-                    "description": f"Label along the {cname!r} dimension of a user observable."}
+                    "long_name": cname.replace("_", " "),
+                    "units": "1",
+                    "description": f"Label along the {cname!r} dimension of a user observable.",
+                }
                 self._create_coord(g, cname, np.asarray(values), {k: v for k, v in known.items() if k != "dtype"})
         for vname in variables:
             if vname in g:
@@ -281,8 +297,15 @@ class RunStore:
         attrs = {k: cspec[k] for k in ("long_name", "units", "description") if k in cspec}
         dtype = np.dtype(cspec.get("dtype", values.dtype))
         with _quiet_zarr():
-            arr = g.create_array(cname, shape=values.shape, chunks=values.shape or (1,), dtype=_zarr_dtype(dtype),
-                                 fill_value=_fill_value(dtype), dimension_names=[cname], attributes=attrs)
+            arr = g.create_array(
+                cname,
+                shape=values.shape,
+                chunks=values.shape or (1,),
+                dtype=_zarr_dtype(dtype),
+                fill_value=_fill_value(dtype),
+                dimension_names=[cname],
+                attributes=attrs,
+            )
             arr[...] = values.astype(object if dtype.kind == "U" else dtype)
 
     def _add(self, g: zarr.Group, schema: dict, specs: dict[str, VarSpec], coords: dict) -> None:
@@ -293,14 +316,19 @@ class RunStore:
             if missing:
                 raise StoreError(f"{g.name}/{vname}: no coordinate for dims {missing}")
             shape = tuple(sizes[d] for d in spec.dims)
-            chunks = tuple(
-                (spec.chunk or 1) if d == index else sizes[d] for d in spec.dims
-            )
+            chunks = tuple((spec.chunk or 1) if d == index else sizes[d] for d in spec.dims)
             chunks = tuple(max(1, min(c, s)) for c, s in zip(chunks, shape)) or (1,)
             dtype = np.dtype(spec.dtype)
             with _quiet_zarr():
-                g.create_array(vname, shape=shape, chunks=chunks, dtype=_zarr_dtype(dtype), fill_value=_fill_value(dtype),
-                               dimension_names=list(spec.dims), attributes=dict(spec.attrs))
+                g.create_array(
+                    vname,
+                    shape=shape,
+                    chunks=chunks,
+                    dtype=_zarr_dtype(dtype),
+                    fill_value=_fill_value(dtype),
+                    dimension_names=list(spec.dims),
+                    attributes=dict(spec.attrs),
+                )
 
     def write_group(self, name: str, ds: xr.Dataset, *, overwrite: bool = False) -> None:
         """Write a whole (small) group at once, e.g. ``stages``; replaced only with ``overwrite``."""
@@ -387,8 +415,11 @@ class RunStore:
         A second writer stops at once with a message naming the holder, or waits with ``wait``.
         Readers never need it."""
         path = self._lock_path(group)
-        me = {"host": socket.gethostname(), "pid": os.getpid(),
-              "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        me = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        }
         while True:
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -398,13 +429,17 @@ class RunStore:
                 if holder is None:
                     continue  # stale lock removed: try again
                 if not wait:
-                    raise StoreError(f"{group} of {self.path} is being written by pid {holder.get('pid')} on "
-                                     f"{holder.get('host')} since {holder.get('started')}; wait for it to finish "
-                                     "(or pass --wait)") from None
+                    raise StoreError(
+                        f"{group} of {self.path} is being written by pid {holder.get('pid')} on "
+                        f"{holder.get('host')} since {holder.get('started')}; wait for it to finish "
+                        "(or pass --wait)"
+                    ) from None
                 time.sleep(poll)
             except OSError as e:
-                raise StoreError(f"cannot write to {self.path}: {e.strerror}; check that the store is on a "
-                                 "writable disk with free space") from None
+                raise StoreError(
+                    f"cannot write to {self.path}: {e.strerror}; check that the store is on a "
+                    "writable disk with free space"
+                ) from None
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         try:
@@ -421,8 +456,11 @@ class RunStore:
             consolidated = json.loads((self.path / "zarr.json").read_text()).get("consolidated_metadata") or {}
         except (OSError, ValueError):
             consolidated = {}
-        listed = {k: v for k, v in (consolidated.get("metadata") or {}).items()
-                  if "/" not in k and v.get("node_type") == "group"}
+        listed = {
+            k: v
+            for k, v in (consolidated.get("metadata") or {}).items()
+            if "/" not in k and v.get("node_type") == "group"
+        }
         for entry in sorted(self.path.iterdir()) if self.path.is_dir() else []:
             if not entry.is_dir():
                 continue
@@ -445,8 +483,10 @@ class RunStore:
         """Refuse to write into a damaged group: its numbers could end up under the wrong label."""
         problem = self.damaged_groups().get(group)
         if problem:
-            raise StoreError(f"group {group!r} of {self.path} is damaged ({problem}); nothing is written into it "
-                             f"until you pass --overwrite, which recomputes the whole group")
+            raise StoreError(
+                f"group {group!r} of {self.path} is damaged ({problem}); nothing is written into it "
+                f"until you pass --overwrite, which recomputes the whole group"
+            )
 
     # ------------------------------------------------------------------ reading
     def dataset(self, group: str) -> xr.Dataset:
@@ -478,8 +518,10 @@ class RunStore:
                     raise StoreError(f"{self.path}: {name}/{vname} is missing (schema {name}.yaml)")
                 arr = g[vname]
                 if tuple(arr.metadata.dimension_names or ()) != tuple(vspec["dims"]):
-                    raise StoreError(f"{self.path}: {name}/{vname} has dims {arr.metadata.dimension_names}, "
-                                     f"schema says {vspec['dims']}")
+                    raise StoreError(
+                        f"{self.path}: {name}/{vname} has dims {arr.metadata.dimension_names}, "
+                        f"schema says {vspec['dims']}"
+                    )
                 if np.dtype(arr.dtype) != np.dtype(vspec["dtype"]):
                     raise StoreError(f"{self.path}: {name}/{vname} has dtype {arr.dtype}, schema says {vspec['dtype']}")
             index = schema.get("index")

@@ -5,7 +5,7 @@ the store side, used by the training loop and by ``pipelines/observe.py``.
 
 Each observable ``name`` owns its variables in the ``observables`` group plus a boolean
 ``done_<name>`` over ``step``; the probe's identity (seed, sizes) is stored in every variable's
-attrs, so a value is always traceable to the inputs it was measured on. """
+attrs, so a value is always traceable to the inputs it was measured on."""
 
 from __future__ import annotations
 
@@ -50,9 +50,15 @@ def allocate(store: RunStore, names: list[str], example: xr.Dataset, *, overwrit
             specs[var.name] = VarSpec(("step", *da.dims), dtype.str, {**da.attrs, **probe, "observable": name})
             for d in da.dims:
                 coords[d] = example[d].values if d in example.coords else np.arange(example.sizes[d])
-        specs[done_flag(name)] = VarSpec(("step",), "bool", {
-            "long_name": f"{name} written", "units": "1",
-            "description": f"True once every variable of observable {name!r} is written for this step."})
+        specs[done_flag(name)] = VarSpec(
+            ("step",),
+            "bool",
+            {
+                "long_name": f"{name} written",
+                "units": "1",
+                "description": f"True once every variable of observable {name!r} is written for this step.",
+            },
+        )
     store.add_variables(GROUP, specs, coords, overwrite=overwrite)
 
 
@@ -77,5 +83,7 @@ def write(store: RunStore, step: int, vals: dict[str, dict[str, np.ndarray]]) ->
 def check_probe(store: RunStore, name: str, probe_attrs: dict) -> None:
     stored = stored_probe(store, name)
     if stored is not None and stored != probe_attrs:
-        raise StoreError(f"observable {name!r} in {store.path} was measured on another probe ({stored}); "
-                         "pass --overwrite to recompute it")
+        raise StoreError(
+            f"observable {name!r} in {store.path} was measured on another probe ({stored}); "
+            "pass --overwrite to recompute it"
+        )

@@ -116,7 +116,9 @@ def regression_curve(seed: int, level: str = "chain") -> Curve:
     return _make(REGRESSION_STEPS, 2.0, stages, bounds, ["plateau", "max", "plateau", "min"], level, rng)
 
 
-LANGUAGE_STEPS = np.unique(np.concatenate([np.arange(0, 50_001, 100), np.round(np.geomspace(1, 100, 20))])).astype(np.int64)
+LANGUAGE_STEPS = np.unique(np.concatenate([np.arange(0, 50_001, 100), np.round(np.geomspace(1, 100, 20))])).astype(
+    np.int64
+)
 
 
 def language_curve(seed: int, level: str = "chain") -> Curve:

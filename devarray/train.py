@@ -52,25 +52,33 @@ def prepare_store(path, config: RunConfig, *, overwrite: bool = False) -> tuple[
         store = RunStore.open(path)
         if store.config != cfg:
             diff = sorted(k for k in set(cfg) | set(store.config) if cfg.get(k) != store.config.get(k))
-            raise StoreError(f"{path} holds a run with a different config ({', '.join(diff)} differ); "
-                             "pass --overwrite to replace it or choose another --out")
+            raise StoreError(
+                f"{path} holds a run with a different config ({', '.join(diff)} differ); "
+                "pass --overwrite to replace it or choose another --out"
+            )
         return store, True
     store = RunStore.create(path, cfg, overwrite=overwrite)
     model = setting.init_model(cfg)
     steps = config.checkpoints()
     dims = model.param_dims()
     state = model.state_dict()
-    specs = {name: VarSpec(("step", *d), "float32",
-                           {"long_name": name, "units": "1", "description": f"parameter tensor {name}"})
-             for name, d in dims.items()}
+    specs = {
+        name: VarSpec(
+            ("step", *d), "float32", {"long_name": name, "units": "1", "description": f"parameter tensor {name}"}
+        )
+        for name, d in dims.items()
+    }
     coords = {"step": steps}
     for name, d in dims.items():
         for dim, n in zip(d, state[name].shape):
             coords.setdefault(dim, np.arange(n))
     store.create_group("params", coords, specs)
     n_params = sum(p.numel() for p in model.parameters())
-    store.create_group("optimizer", {"step": steps, "flat_param": np.arange(n_params)},
-                       attrs={"order": [n for n, _ in model.named_parameters()]})
+    store.create_group(
+        "optimizer",
+        {"step": steps, "flat_param": np.arange(n_params)},
+        attrs={"order": [n for n, _ in model.named_parameters()]},
+    )
     evaluator = setting.evaluator(cfg)
     store.create_group("eval", {"step": steps, **evaluator.coords}, attrs=evaluator.attrs, schema=setting.eval_schema)
     store.create_group("train", {"train_step": np.arange(1, config.num_steps + 1)})
@@ -136,8 +144,15 @@ def _loop(store, setting, cfg: dict, config: RunConfig, model, opt, start: int, 
                 if in_flight is not None:
                     in_flight.result()  # one checkpoint in flight at most; re-raises write errors
                 if store is not None:
-                    in_flight = writer.submit(_write_checkpoint, store, step, snapshot,
-                                              losses[flushed:step].numpy().copy(), lrs[flushed:step].copy(), flushed)
+                    in_flight = writer.submit(
+                        _write_checkpoint,
+                        store,
+                        step,
+                        snapshot,
+                        losses[flushed:step].numpy().copy(),
+                        lrs[flushed:step].copy(),
+                        flushed,
+                    )
                 flushed = step
             if step == num_steps:
                 break
@@ -170,8 +185,11 @@ def _check_finite(losses: torch.Tensor, first: int, step: int, store: RunStore |
     bad = first + int(torch.nonzero(~torch.isfinite(window))[0])
     done = store.done_steps("params") if store is not None else []
     kept = f"every checkpoint up to step {done[-1]} is kept" if len(done) else "no checkpoint was written"
-    raise TrainingDiverged(f"training loss became {losses[bad].item()} at step {bad + 1}; {kept}; "
-                           "retrain with a lower lr or another seed, replacing this store", argument="lr")
+    raise TrainingDiverged(
+        f"training loss became {losses[bad].item()} at step {bad + 1}; {kept}; "
+        "retrain with a lower lr or another seed, replacing this store",
+        argument="lr",
+    )
 
 
 @torch.no_grad()
@@ -181,8 +199,9 @@ def _snapshot(model, opt: torch.optim.Optimizer, evaluator, probe, train_obs) ->
     snap = {
         "params": {k: v.detach().numpy().copy() for k, v in model.state_dict().items()},
         "eval": evaluator(model),
-        "optimizer": {m: torch.cat([opt.state[p][m].reshape(-1) for p in model.parameters()]).numpy()
-                      for m in MOMENTS} if opt.state else {},
+        "optimizer": {m: torch.cat([opt.state[p][m].reshape(-1) for p in model.parameters()]).numpy() for m in MOMENTS}
+        if opt.state
+        else {},
     }
     if train_obs:
         snap["observables"] = store_observables.values(obs.compute(model, train_obs, probe), train_obs)
@@ -218,8 +237,10 @@ def _restore(store: RunStore, model, opt: torch.optim.Optimizer) -> int:
         offset = 0
         for p in model.parameters():
             n = p.numel()
-            opt.state[p] = {"step": torch.tensor(float(step)),
-                            **{m: v[offset:offset + n].view_as(p).clone() for m, v in flat.items()}}
+            opt.state[p] = {
+                "step": torch.tensor(float(step)),
+                **{m: v[offset : offset + n].view_as(p).clone() for m, v in flat.items()},
+            }
             offset += n
     return step
 
@@ -250,10 +271,14 @@ def _progress(total: int, start: int, enabled: bool):
 
 def format_summary(s: dict) -> str:
     if not s["steps_run"]:
-        return (f"{s['store']} is complete: step {s['final_step']}, {s['checkpoints']} checkpoints, "
-                f"test loss {s['test_loss']:.4f} (min {s['min_test_loss']:.4f})")
+        return (
+            f"{s['store']} is complete: step {s['final_step']}, {s['checkpoints']} checkpoints, "
+            f"test loss {s['test_loss']:.4f} (min {s['min_test_loss']:.4f})"
+        )
     rate = s["steps_run"] / s["seconds"]
     resumed = f", resumed from step {s['resumed_from']}" if s["resumed_from"] else ""
-    return (f"trained to step {s['final_step']} ({s['checkpoints']} checkpoints{resumed}): "
-            f"test loss {s['test_loss']:.4f} (min {s['min_test_loss']:.4f}), "
-            f"{s['steps_run']} steps in {s['seconds']:.1f}s ({rate:.0f} steps/s) -> {s['store']}")
+    return (
+        f"trained to step {s['final_step']} ({s['checkpoints']} checkpoints{resumed}): "
+        f"test loss {s['test_loss']:.4f} (min {s['min_test_loss']:.4f}), "
+        f"{s['steps_run']} steps in {s['seconds']:.1f}s ({rate:.0f} steps/s) -> {s['store']}"
+    )

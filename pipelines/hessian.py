@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from devarray import schemas
-from devarray.errors import StoreError
 from devarray.checkpoints import load_model
+from devarray.errors import StoreError
 from devarray.settings import setting_for
 from devarray.slt.hessian import hessian_stats
 from devarray.store import RunStore
@@ -22,38 +22,89 @@ from .runner import done, map_checkpoints, pending_steps, prepare_group, write_c
 GROUP = "hessian"
 
 
-def _hessian(path: str, step: int, *, batch_size: int, num_probes: int, top_k: int, num_lanczos: int,
-             seed: int, settings_id: int) -> dict:
+def _hessian(
+    path: str, step: int, *, batch_size: int, num_probes: int, top_k: int, num_lanczos: int, seed: int, settings_id: int
+) -> dict:
     store = RunStore.open(path, validate=False)
     setting = setting_for(store.config)
-    ds = hessian_stats(load_model(store, step), setting.loss, setting.hessian_batch(store.config, batch_size),
-                       num_probes=num_probes, top_k=top_k, num_lanczos=num_lanczos, seed=seed)
+    ds = hessian_stats(
+        load_model(store, step),
+        setting.loss,
+        setting.hessian_batch(store.config, batch_size),
+        num_probes=num_probes,
+        top_k=top_k,
+        num_lanczos=num_lanczos,
+        seed=seed,
+    )
     schemas.validate(ds, GROUP)
-    write_checkpoint(store, GROUP, step, {v: ds[v].values for v in ("trace", "trace_sem", "top_eigenvalues")},
-                     settings_id)
+    write_checkpoint(
+        store, GROUP, step, {v: ds[v].values for v in ("trace", "trace_sem", "top_eigenvalues")}, settings_id
+    )
     return {"step": step, "trace": float(ds.trace), "top": float(ds.top_eigenvalues[0])}
 
 
-def run(path, *, batch_size: int = 1024, num_probes: int = 100, top_k: int = 5, num_lanczos: int = 64,
-        seed: int = 0, steps=None, overwrite: bool = False, workers: int = 0, scheduler: str | None = None,
-        threads: int | None = None, progress: bool = True, wait: bool = False) -> list[dict]:
+def run(
+    path,
+    *,
+    batch_size: int = 1024,
+    num_probes: int = 100,
+    top_k: int = 5,
+    num_lanczos: int = 64,
+    seed: int = 0,
+    steps=None,
+    overwrite: bool = False,
+    workers: int = 0,
+    scheduler: str | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+    wait: bool = False,
+) -> list[dict]:
     """Hessian statistics at every written checkpoint (or at ``steps``) not yet done."""
     store = RunStore.open(path)
-    for name, value, least in (("batch_size", batch_size, 1), ("num_probes", num_probes, 2), ("top_k", top_k, 1),
-                               ("num_lanczos", num_lanczos, top_k)):
+    for name, value, least in (
+        ("batch_size", batch_size, 1),
+        ("num_probes", num_probes, 2),
+        ("top_k", top_k, 1),
+        ("num_lanczos", num_lanczos, top_k),
+    ):
         if not isinstance(value, int) or value < least:
             raise StoreError(f"{name} must be an integer >= {least}, got {value}", argument=name)
     pending_steps(store, GROUP, steps)  # refuses steps that are not checkpoints before anything is written
-    attrs = {"batch_size": batch_size, "num_probes": num_probes, "top_k": top_k, "num_lanczos": num_lanczos,
-             "seed": seed, "batch": "the setting's fixed Hessian batch (stream 'hessian')",
-             "loss": setting_for(store.config).loss_description}
+    attrs = {
+        "batch_size": batch_size,
+        "num_probes": num_probes,
+        "top_k": top_k,
+        "num_lanczos": num_lanczos,
+        "seed": seed,
+        "batch": "the setting's fixed Hessian batch (stream 'hessian')",
+        "loss": setting_for(store.config).loss_description,
+    }
     with store.writing(GROUP, wait=wait):
-        sid = prepare_group(store, GROUP, {"step": store.steps("params"), "eig": np.arange(top_k)}, attrs,
-                            "Hessian statistics", overwrite=overwrite)
+        sid = prepare_group(
+            store,
+            GROUP,
+            {"step": store.steps("params"), "eig": np.arange(top_k)},
+            attrs,
+            "Hessian statistics",
+            overwrite=overwrite,
+        )
         pending = pending_steps(store, GROUP, steps)
-        return map_checkpoints(_hessian, path, pending, workers=workers, scheduler=scheduler, threads=threads,
-                               progress=progress, desc="hessian", batch_size=batch_size, num_probes=num_probes,
-                               top_k=top_k, num_lanczos=num_lanczos, seed=seed, settings_id=sid)
+        return map_checkpoints(
+            _hessian,
+            path,
+            pending,
+            workers=workers,
+            scheduler=scheduler,
+            threads=threads,
+            progress=progress,
+            desc="hessian",
+            batch_size=batch_size,
+            num_probes=num_probes,
+            top_k=top_k,
+            num_lanczos=num_lanczos,
+            seed=seed,
+            settings_id=sid,
+        )
 
 
 def as_dataset(path):

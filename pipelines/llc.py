@@ -27,26 +27,57 @@ from .runner import done, map_checkpoints, pending_steps, prepare_group, write_c
 GROUP = "llc"
 
 
-def _estimate(path: str, step: int, *, settings: dict, seed: int, dataset_size: int,
-              init_loss_rows: int | None, method: str, settings_id: int, compile: bool = False) -> dict:
+def _estimate(
+    path: str,
+    step: int,
+    *,
+    settings: dict,
+    seed: int,
+    dataset_size: int,
+    init_loss_rows: int | None,
+    method: str,
+    settings_id: int,
+    compile: bool = False,
+) -> dict:
     store = RunStore.open(path, validate=False)
     setting = setting_for(store.config)
     model = load_model(store, step)
     model.fused_attention = True  # SGLD needs first derivatives only
-    ds = estimate_llc(model, setting.loss, setting.sgld_dataset(store.config, dataset_size), SGLDSettings(**settings),
-                      seed=seed, method=method, compile=compile, init_loss_rows=init_loss_rows, label=f"step {step}",
-                      warn=False)
+    ds = estimate_llc(
+        model,
+        setting.loss,
+        setting.sgld_dataset(store.config, dataset_size),
+        SGLDSettings(**settings),
+        seed=seed,
+        method=method,
+        compile=compile,
+        init_loss_rows=init_loss_rows,
+        label=f"step {step}",
+        warn=False,
+    )
     schemas.validate(ds, GROUP)
     names = [v for v in schemas.load(GROUP)["variables"] if v not in ("done", "settings_id")]
     write_checkpoint(store, GROUP, step, {v: ds[v].values for v in names}, settings_id)
-    return {"step": step, "llc_mean": float(ds.llc_mean), "llc_std": float(ds.llc_std),
-            "all_diverged": bool(ds.all_diverged),
-            "init_loss": float(ds.init_loss), "method": ds.attrs["method"],
-            **{flag: np.flatnonzero(ds[flag].values).tolist() for flag in ("diverged", "not_converged", "escaped")}}
+    return {
+        "step": step,
+        "llc_mean": float(ds.llc_mean),
+        "llc_std": float(ds.llc_std),
+        "all_diverged": bool(ds.all_diverged),
+        "init_loss": float(ds.init_loss),
+        "method": ds.attrs["method"],
+        **{flag: np.flatnonzero(ds[flag].values).tolist() for flag in ("diverged", "not_converged", "escaped")},
+    }
 
 
-def sampler_attrs(store: RunStore, settings: SGLDSettings, seed: int, dataset_size: int,
-                  init_loss_rows: int | None, method: str = "auto", compile: bool = False) -> dict:
+def sampler_attrs(
+    store: RunStore,
+    settings: SGLDSettings,
+    seed: int,
+    dataset_size: int,
+    init_loss_rows: int | None,
+    method: str = "auto",
+    compile: bool = False,
+) -> dict:
     """Everything that determines the stored numbers: the sampler settings, the data and loss,
     and the code path (SGLD path and attention implementation), which changes the rounding."""
     setting = setting_for(store.config)
@@ -54,10 +85,17 @@ def sampler_attrs(store: RunStore, settings: SGLDSettings, seed: int, dataset_si
     path = choose_method(method, torch.device("cpu"), example, settings.num_chains)
     model = setting.build_model(store.config)
     model.fused_attention = True
-    return {**settings.to_dict(), "seed": seed, "dataset_size": dataset_size,
-            "init_loss_rows": dataset_size if init_loss_rows is None else init_loss_rows,
-            "dataset": "the setting's fixed SGLD dataset (stream 'sgld')", "loss": setting.loss_description,
-            "method": path, "attention": attention_implementation(model, path, compile), "compile": bool(compile)}
+    return {
+        **settings.to_dict(),
+        "seed": seed,
+        "dataset_size": dataset_size,
+        "init_loss_rows": dataset_size if init_loss_rows is None else init_loss_rows,
+        "dataset": "the setting's fixed SGLD dataset (stream 'sgld')",
+        "loss": setting.loss_description,
+        "method": path,
+        "attention": attention_implementation(model, path, compile),
+        "compile": bool(compile),
+    }
 
 
 def prepare(store: RunStore, attrs: dict, num_chains: int, num_draws: int, *, overwrite: bool) -> int:
@@ -67,10 +105,23 @@ def prepare(store: RunStore, attrs: dict, num_chains: int, num_draws: int, *, ov
     return prepare_group(store, GROUP, coords, attrs, "LLC estimates", overwrite=overwrite)
 
 
-def run(path, settings: SGLDSettings, *, seed: int = 0, dataset_size: int, init_loss_rows: int | None = None,
-        steps=None, method: str = "auto", compile: bool = False, overwrite: bool = False, workers: int = 0,
-        scheduler: str | None = None, threads: int | None = None, progress: bool = True,
-        wait: bool = False) -> list[dict]:
+def run(
+    path,
+    settings: SGLDSettings,
+    *,
+    seed: int = 0,
+    dataset_size: int,
+    init_loss_rows: int | None = None,
+    steps=None,
+    method: str = "auto",
+    compile: bool = False,
+    overwrite: bool = False,
+    workers: int = 0,
+    scheduler: str | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+    wait: bool = False,
+) -> list[dict]:
     """Estimate the LLC at every done checkpoint (or at ``steps``) not yet done; returns one
     summary dict per checkpoint computed now.
 
@@ -79,17 +130,33 @@ def run(path, settings: SGLDSettings, *, seed: int = 0, dataset_size: int, init_
     small batches (benchmarks/llc_throughput.py --compile); numbers agree within rounding."""
     store = RunStore.open(path)
     if dataset_size < settings.batch_size:
-        raise StoreError(f"dataset_size ({dataset_size}) is smaller than the SGLD batch ({settings.batch_size}); "
-                         "give a larger dataset or a smaller batch", argument="dataset_size")
+        raise StoreError(
+            f"dataset_size ({dataset_size}) is smaller than the SGLD batch ({settings.batch_size}); "
+            "give a larger dataset or a smaller batch",
+            argument="dataset_size",
+        )
     pending_steps(store, GROUP, steps)  # refuses steps that are not checkpoints before anything is written
     attrs = sampler_attrs(store, settings, seed, dataset_size, init_loss_rows, method, compile)
     with store.writing(GROUP, wait=wait):
         sid = prepare(store, attrs, settings.num_chains, settings.num_draws, overwrite=overwrite)
         pending = pending_steps(store, GROUP, steps)
-        return map_checkpoints(_estimate, path, pending, workers=workers, scheduler=scheduler, threads=threads,
-                               progress=progress, desc="llc", settings=asdict(settings), seed=seed,
-                               dataset_size=dataset_size, init_loss_rows=init_loss_rows, method=method,
-                               compile=compile, settings_id=sid)
+        return map_checkpoints(
+            _estimate,
+            path,
+            pending,
+            workers=workers,
+            scheduler=scheduler,
+            threads=threads,
+            progress=progress,
+            desc="llc",
+            settings=asdict(settings),
+            seed=seed,
+            dataset_size=dataset_size,
+            init_loss_rows=init_loss_rows,
+            method=method,
+            compile=compile,
+            settings_id=sid,
+        )
 
 
 def summary_table(path) -> str:
@@ -98,9 +165,14 @@ def summary_table(path) -> str:
     lines = [f"{'step':>8} {'llc':>9} {'± std':>8} {'init loss':>10}  flags"]
     for s in ds.step.values:
         d = ds.sel(step=s)
-        flags = ", ".join(f"{f} {np.flatnonzero(d[f].values).tolist()}" for f in ("diverged", "not_converged", "escaped")
-                          if d[f].values.any())
-        lines.append(f"{int(s):>8} {float(d.llc_mean):>9.2f} {float(d.llc_std):>8.2f} {float(d.init_loss):>10.4f}  {flags}")
+        flags = ", ".join(
+            f"{f} {np.flatnonzero(d[f].values).tolist()}"
+            for f in ("diverged", "not_converged", "escaped")
+            if d[f].values.any()
+        )
+        lines.append(
+            f"{int(s):>8} {float(d.llc_mean):>9.2f} {float(d.llc_std):>8.2f} {float(d.init_loss):>10.4f}  {flags}"
+        )
     return "\n".join(lines)
 
 
@@ -112,4 +184,3 @@ def flagged(results: list[dict]) -> str | None:
         if bad:
             parts.append(f"step {r['step']}: " + "; ".join(bad))
     return ("LLC diagnostics flagged " + " | ".join(parts)) if parts else None
-

@@ -13,8 +13,6 @@ import importlib
 import importlib.util
 from pathlib import Path
 
-import numpy as np
-
 from devarray import observables as obs
 from devarray import store_observables as storage
 from devarray.checkpoints import load_model
@@ -51,9 +49,20 @@ def _observe(path: str, step: int, *, names: list[str], probe_seed: int, modules
     return {"step": step, "names": names}
 
 
-def run(path, names: list[str] | None = None, *, probe_seed: int = 0, modules: list[str] = (), steps=None,
-        overwrite: bool = False, workers: int = 0, scheduler: str | None = None, threads: int | None = None,
-        progress: bool = True, wait: bool = False) -> list[dict]:
+def run(
+    path,
+    names: list[str] | None = None,
+    *,
+    probe_seed: int = 0,
+    modules: list[str] = (),
+    steps=None,
+    overwrite: bool = False,
+    workers: int = 0,
+    scheduler: str | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+    wait: bool = False,
+) -> list[dict]:
     """Compute ``names`` (default: every observable registered for the run's setting) where not
     yet done, at every written checkpoint or at ``steps``."""
     modules = list(modules)
@@ -63,18 +72,33 @@ def run(path, names: list[str] | None = None, *, probe_seed: int = 0, modules: l
     names = obs.names(task=setting.observables) if names is None else list(names)
     unknown = [n for n in names if n not in obs.names()]
     if unknown:
-        raise StoreError(f"unknown observable {unknown[0]!r}; registered for this run: "
-                         f"{', '.join(obs.names(task=setting.observables))} (register your own with "
-                         "@devarray.observables.observable and pass --module FILE)", argument="names")
+        raise StoreError(
+            f"unknown observable {unknown[0]!r}; registered for this run: "
+            f"{', '.join(obs.names(task=setting.observables))} (register your own with "
+            "@devarray.observables.observable and pass --module FILE)",
+            argument="names",
+        )
     wanted = selected_steps(store, steps)
     with store.writing(storage.GROUP, wait=wait):
-        return _run(store, path, names, wanted, setting.probe(store.config, probe_seed), probe_seed=probe_seed,
-                    modules=modules, overwrite=overwrite, workers=workers, scheduler=scheduler, threads=threads,
-                    progress=progress)
+        return _run(
+            store,
+            path,
+            names,
+            wanted,
+            setting.probe(store.config, probe_seed),
+            probe_seed=probe_seed,
+            modules=modules,
+            overwrite=overwrite,
+            workers=workers,
+            scheduler=scheduler,
+            threads=threads,
+            progress=progress,
+        )
 
 
-def _run(store, path, names, wanted, probe, *, probe_seed, modules, overwrite, workers, scheduler, threads,
-         progress) -> list[dict]:
+def _run(
+    store, path, names, wanted, probe, *, probe_seed, modules, overwrite, workers, scheduler, threads, progress
+) -> list[dict]:
     fresh = [n for n in names if overwrite or not storage.allocated(store, n)]
     for n in names:
         if n not in fresh:
@@ -91,7 +115,17 @@ def _run(store, path, names, wanted, probe, *, probe_seed, modules, overwrite, w
             todo.setdefault(need, []).append(int(s))
     results = []
     for need, group_steps in todo.items():
-        results += map_checkpoints(_observe, path, group_steps, workers=workers, scheduler=scheduler, threads=threads,
-                                   progress=progress, desc="observe", names=list(need), probe_seed=probe_seed,
-                                   modules=modules)
+        results += map_checkpoints(
+            _observe,
+            path,
+            group_steps,
+            workers=workers,
+            scheduler=scheduler,
+            threads=threads,
+            progress=progress,
+            desc="observe",
+            names=list(need),
+            probe_seed=probe_seed,
+            modules=modules,
+        )
     return results

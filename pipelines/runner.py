@@ -39,8 +39,10 @@ def write_checkpoint(store: RunStore, group: str, step: int, values: dict, expec
     store.write(group, step, {**values, "settings_id": np.int64(expected_id)})
     live = store.group(group).attrs.get("settings_id")
     if live != expected_id:
-        raise StoreError(f"the settings of {group} in {store.path} changed while step {step} was computed "
-                         "(another writer passed --overwrite); this result is not marked done")
+        raise StoreError(
+            f"the settings of {group} in {store.path} changed while step {step} was computed "
+            "(another writer passed --overwrite); this result is not marked done"
+        )
     store.mark_done(group, step)
 
 
@@ -56,8 +58,11 @@ def selected_steps(store: RunStore, steps=None) -> np.ndarray:
     missing = np.setdiff1d(asked, available)
     if len(missing):
         shown = ", ".join(map(str, missing[:5].tolist())) + ("…" if len(missing) > 5 else "")
-        raise StoreError(f"steps {shown} are not written checkpoints of {store.path} (checkpoints "
-                         f"{available[0]}…{available[-1]}; `devarray info {store.path}` lists them)", argument="steps")
+        raise StoreError(
+            f"steps {shown} are not written checkpoints of {store.path} (checkpoints "
+            f"{available[0]}…{available[-1]}; `devarray info {store.path}` lists them)",
+            argument="steps",
+        )
     return asked
 
 
@@ -77,8 +82,10 @@ def prepare_group(store, group: str, coords: dict, attrs: dict, what: str, *, ov
         stored = {k: store.group(group).attrs.get(k) for k in attrs}
         if stored != attrs:
             diff = sorted(k for k in attrs if stored.get(k) != attrs[k])
-            raise StoreError(f"{store.path} holds {what} made with other settings ({', '.join(diff)}); "
-                             "pass --overwrite to recompute them all")
+            raise StoreError(
+                f"{store.path} holds {what} made with other settings ({', '.join(diff)}); "
+                "pass --overwrite to recompute them all"
+            )
         return attrs["settings_id"]
     store.create_group(group, coords, attrs=attrs, overwrite=overwrite)
     return attrs["settings_id"]
@@ -111,8 +118,12 @@ def client_for(workers: int, scheduler: str | None):
         with Client(scheduler) as client:
             yield client
         return
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield client
 
 
@@ -148,8 +159,9 @@ def map_checkpoints(
         else:
             from distributed import as_completed
 
-            futures = [client.submit(run, path, step, pure=False, key=f"{desc or 'task'}-{step}", **kwargs)
-                       for step in steps]
+            futures = [
+                client.submit(run, path, step, pure=False, key=f"{desc or 'task'}-{step}", **kwargs) for step in steps
+            ]
             for future in as_completed(futures):
                 results.append(future.result())
                 bar.update()

@@ -46,8 +46,11 @@ def compute(store: RunStore, variable: str = "llc/llc_mean", **options) -> xr.Da
     source = done(store.dataset(group))
     if name not in source or source[name].dims != ("step",):
         over_step = [v for v in source.data_vars if source[v].dims == ("step",) and v != "done"]
-        raise StoreError(f"{store.path}: group {group!r} has no variable {name!r} over step alone; "
-                         f"choose one of {', '.join(over_step)}", argument="variable")
+        raise StoreError(
+            f"{store.path}: group {group!r} has no variable {name!r} over step alone; "
+            f"choose one of {', '.join(over_step)}",
+            argument="variable",
+        )
     curve = source[name].load()
     usable = np.isfinite(curve.values)
     left_out = curve.step.values[~usable].tolist()  # e.g. checkpoints whose SGLD chains all diverged
@@ -55,8 +58,9 @@ def compute(store: RunStore, variable: str = "llc/llc_mean", **options) -> xr.Da
     source = source.isel(step=usable)
     if curve.sizes["step"] < 5:
         note = f" ({len(left_out)} more left out: no finite value, e.g. every SGLD chain diverged)" if left_out else ""
-        raise StoreError(f"{store.path}: {curve.sizes['step']} usable checkpoints are too few for a stage division "
-                         f"(need 5){note}")
+        raise StoreError(
+            f"{store.path}: {curve.sizes['step']} usable checkpoints are too few for a stage division (need 5){note}"
+        )
     main = find_stages(curve, noise=standard_error(source, name), **options)
     ev = done(store.dataset("eval")).load()
     fits = [_curve(main, name)] + [_curve(find_stages(ev[e], **options), e) for e in EXTRA_CURVES if e != name]
@@ -67,10 +71,17 @@ def compute(store: RunStore, variable: str = "llc/llc_mean", **options) -> xr.Da
     ds["stage"] = ("step", stage, main.stage.attrs)
     for v in CURVE_VARS:
         ds[v].attrs = {k: a.replace(f" of {main.attrs.get('variable', name)}", "") for k, a in main[v].attrs.items()}
-    ds["curve"].attrs = {"long_name": "smoothed curve", "units": "1",
-                         "description": "Source variable of the GP-smoothed curve (the staged one first)."}
-    ds.attrs = {**main.attrs, "source": f"{group}/{name}", "source_checkpoints": int(curve.sizes["step"]) + len(left_out),
-                "left_out_steps": left_out}
+    ds["curve"].attrs = {
+        "long_name": "smoothed curve",
+        "units": "1",
+        "description": "Source variable of the GP-smoothed curve (the staged one first).",
+    }
+    ds.attrs = {
+        **main.attrs,
+        "source": f"{group}/{name}",
+        "source_checkpoints": int(curve.sizes["step"]) + len(left_out),
+        "left_out_steps": left_out,
+    }
     return ds
 
 

@@ -43,8 +43,11 @@ def runs(tiny_store, tmp_path_factory):
     """Three finished stores: lr-tiny-s0, lr-tiny-s1 (same config) and lr-tiny-lr1e-3-s0 (other lr)."""
     root = tmp_path_factory.mktemp("app_stores")
     paths = []
-    for name, changes, seed in (("lr-tiny-s0", {}, 0), ("lr-tiny-s1", {"seed": 1}, 1),
-                                ("lr-tiny-lr1e-3-s0", {"schedule.lr": 0.001}, 2)):
+    for name, changes, seed in (
+        ("lr-tiny-s0", {}, 0),
+        ("lr-tiny-s1", {"seed": 1}, 1),
+        ("lr-tiny-lr1e-3-s0", {"schedule.lr": 0.001}, 2),
+    ):
         store = _copy(tiny_store, root / f"{name}.zarr", **changes)
         synthetic.write_llc(store, chains=3, draws=40, seed=seed, diverged_chain=1)
         synthetic.write_stages(store)
@@ -68,8 +71,9 @@ def test_opens_on_the_stores_grouped_by_config(explorer, runs):
     other = next(p for p in paths if "lr1e-3" in p)
     seed0 = next(p for p in paths if p.endswith("lr-tiny-s0.zarr"))
     explorer.runs = [seed0, other, next(p for p in paths if p.endswith("s1.zarr"))]
-    assert "other config" in explorer.legend_label(other) and "schedule.lr: 0.001 (vs 0.003)" in \
-        explorer.legend_label(other)
+    assert "other config" in explorer.legend_label(other) and "schedule.lr: 0.001 (vs 0.003)" in explorer.legend_label(
+        other
+    )
     assert explorer.legend_label(paths[1]) == "lr-tiny-s1"  # a seed of the same config is not "other"
     assert "config" in explorer.run_label(other) and "seed" in explorer.run_label(other)
 
@@ -179,9 +183,13 @@ def test_long_dims_get_a_slider_and_widgets_use_long_name(explorer, monkeypatch)
 def test_a_new_observable_appears_after_a_refresh(explorer, runs):
     path = explorer.lead
     store = RunStore.open(path)
-    store.add_variables("observables", {"my_obs": VarSpec(("step",), "float32", {"long_name": "my observable",
-                                                                                  "units": "1"}),
-                                        "done_my_obs": VarSpec(("step",), "bool", {"long_name": "done", "units": "1"})})
+    store.add_variables(
+        "observables",
+        {
+            "my_obs": VarSpec(("step",), "float32", {"long_name": "my observable", "units": "1"}),
+            "done_my_obs": VarSpec(("step",), "bool", {"long_name": "done", "units": "1"}),
+        },
+    )
     try:
         assert "observables/my_obs" not in explorer.param.variable.objects
         explorer.refresh()

@@ -14,8 +14,10 @@ import pytest
 from test_app import runs  # noqa: F401  the same three stores as the state tests
 
 CHROMIUM = "/usr/bin/chromium"
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium at /usr/bin/chromium")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium at /usr/bin/chromium"),
+]
 
 # What the page draws, from the Bokeh document: figure titles, the runs of the curves, and the
 # attention images (title -> sums of squared weights: rows of attention sum to one whatever the
@@ -56,10 +58,26 @@ def served(runs, tmp_path):  # noqa: F811
     root, paths = runs
     port = _free_port()
     log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "panel", "serve", "apps/stages.py", "--port", str(port),
-                             "--address", "127.0.0.1", "--allow-websocket-origin", f"127.0.0.1:{port}",
-                             "--args", str(root / "*.zarr")],
-                            cwd=Path(__file__).parents[1], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "panel",
+            "serve",
+            "apps/stages.py",
+            "--port",
+            str(port),
+            "--address",
+            "127.0.0.1",
+            "--allow-websocket-origin",
+            f"127.0.0.1:{port}",
+            "--args",
+            str(root / "*.zarr"),
+        ],
+        cwd=Path(__file__).parents[1],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/stages"
     try:
         for _ in range(600):
@@ -98,15 +116,22 @@ def test_the_page_draws_runs_variables_and_checkpoints(served, tmp_path):
 
     url, paths = served
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
         page = browser.new_page(viewport={"width": 1500, "height": 1400})
         errors, failed, foreign = [], [], []
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("requestfailed", lambda r: failed.append(f"{r.url} {r.failure}"))
-        page.on("request", lambda r: foreign.append(r.url) if not r.url.startswith(url.split("/stages")[0])
-                and not r.url.startswith(("data:", "blob:")) else None)
+        page.on(
+            "request",
+            lambda r: (
+                foreign.append(r.url)
+                if not r.url.startswith(url.split("/stages")[0]) and not r.url.startswith(("data:", "blob:"))
+                else None
+            ),
+        )
         page.goto(url, wait_until="networkidle", timeout=180_000)
         state = _wait(page, "s.titles.includes('Test loss') && s.runs.length === 1", "the lead run's curves")
         lead = state["runs"][0]
@@ -130,9 +155,13 @@ def test_the_page_draws_runs_variables_and_checkpoints(served, tmp_path):
         before = page.evaluate(DOC_STATE)
         page.get_by_text("Runs", exact=True).first.click()
         page.locator(".tabulator-cell").get_by_text("first", exact=True).first.click()
-        state = _wait(page, "Object.values(s.heads).flat().some(v => !Object.values(b.heads).flat().includes(v)) && "
-                      "s.titles.some(t => t.startsWith('Layer-norm weights at step') && !b.titles.includes(t))",
-                      "the attention and layer norms of the stage's first checkpoint", before)
+        state = _wait(
+            page,
+            "Object.values(s.heads).flat().some(v => !Object.values(b.heads).flat().includes(v)) && "
+            "s.titles.some(t => t.startsWith('Layer-norm weights at step') && !b.titles.includes(t))",
+            "the attention and layer norms of the stage's first checkpoint",
+            before,
+        )
         assert len(state["heads"]) == 8
         page.wait_for_timeout(1000)
         page.screenshot(path=str(tmp_path / "checkpoint.png"), full_page=True)

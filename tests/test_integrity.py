@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from devarray.pipelines import llc, stages
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from devarray import cli
 from devarray.errors import StoreError
-from devarray.pipelines import llc, stages
 from devarray.slt import sgld_settings
 from devarray.store import RunStore
 
@@ -45,8 +45,9 @@ def _one_line_exit_2(argv, capsys):
 
 
 BAD_COUNT = st.one_of(st.integers(max_value=0).map(str), st.sampled_from(["nan", "inf", "1.5", "x", "", "-0.5"]))
-BAD_POSITIVE = st.one_of(st.floats(max_value=0, allow_nan=False).map(repr),
-                         st.sampled_from(["nan", "inf", "-inf", "x", "1e999"]))
+BAD_POSITIVE = st.one_of(
+    st.floats(max_value=0, allow_nan=False).map(repr), st.sampled_from(["nan", "inf", "-inf", "x", "1e999"])
+)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -58,27 +59,48 @@ def test_llc_count_options_refuse_bad_values(tiny_store, capsys, option, value):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(option=st.sampled_from(["--epsilon", "--nbeta", "--beta-tilde", "--localization", "--gamma-tilde"]),
-       value=BAD_POSITIVE)
+@given(
+    option=st.sampled_from(["--epsilon", "--nbeta", "--beta-tilde", "--localization", "--gamma-tilde"]),
+    value=BAD_POSITIVE,
+)
 def test_llc_sampler_options_refuse_bad_values(tiny_store, capsys, option, value):
     before = snapshot(tiny_store)
     _one_line_exit_2(["llc", str(tiny_store), f"{option}={value}", "--quiet"], capsys)
     assert snapshot(tiny_store) == before
 
 
-@pytest.mark.parametrize("argv", [
-    ["stages", "{S}", "--tolerance", "-1"], ["stages", "{S}", "--tolerance", "nan"], ["stages", "{S}", "--tolerance", "2"],
-    ["stages", "{S}", "--variable", "llc/loss"],
-    ["calibrate", "{S}", "--gamma-tilde", "nan"], ["calibrate", "{S}", "--epsilon=-1,0.001"],
-    ["calibrate", "{S}", "--beta-tilde=-0.5"], ["calibrate", "{S}", "--draws", "-5"], ["calibrate", "{S}", "--chains", "0"],
-    ["llc", "{S}", "--threads", "-1"], ["llc", "{S}", "--workers", "-3"], ["llc", "{S}", "--draws", "1"],
-    ["llc", "{S}", "--steps", "0,999999"], ["llc", "{S}", "--steps", "a,b"], ["llc", "{S}", "--preset", "nope"],
-    ["hessian", "{S}", "--num-probes", "0"], ["hessian", "{S}", "--top-k", "0"], ["hessian", "{S}", "--steps", "999999"],
-    ["observe", "{S}", "icl_scores", "--steps", "999999"], ["observe", "{S}", "no_such_observable"],
-    ["figure", "{S}", "-o", "fig.jpg"], ["train", "lr", "--out", "{S}/zarr.json/x.zarr", "--preset", "tiny"],
-    ["train", "nope"], ["train", "lr", "--preset", "huge"], ["train", "lr", "--layers", "2"],
-    ["info", "/nonexistent.zarr"], ["llc", "{S}", "--dataset-size", "8"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["stages", "{S}", "--tolerance", "-1"],
+        ["stages", "{S}", "--tolerance", "nan"],
+        ["stages", "{S}", "--tolerance", "2"],
+        ["stages", "{S}", "--variable", "llc/loss"],
+        ["calibrate", "{S}", "--gamma-tilde", "nan"],
+        ["calibrate", "{S}", "--epsilon=-1,0.001"],
+        ["calibrate", "{S}", "--beta-tilde=-0.5"],
+        ["calibrate", "{S}", "--draws", "-5"],
+        ["calibrate", "{S}", "--chains", "0"],
+        ["llc", "{S}", "--threads", "-1"],
+        ["llc", "{S}", "--workers", "-3"],
+        ["llc", "{S}", "--draws", "1"],
+        ["llc", "{S}", "--steps", "0,999999"],
+        ["llc", "{S}", "--steps", "a,b"],
+        ["llc", "{S}", "--preset", "nope"],
+        ["hessian", "{S}", "--num-probes", "0"],
+        ["hessian", "{S}", "--top-k", "0"],
+        ["hessian", "{S}", "--steps", "999999"],
+        ["observe", "{S}", "icl_scores", "--steps", "999999"],
+        ["observe", "{S}", "no_such_observable"],
+        ["figure", "{S}", "-o", "fig.jpg"],
+        ["train", "lr", "--out", "{S}/zarr.json/x.zarr", "--preset", "tiny"],
+        ["train", "nope"],
+        ["train", "lr", "--preset", "huge"],
+        ["train", "lr", "--layers", "2"],
+        ["info", "/nonexistent.zarr"],
+        ["llc", "{S}", "--dataset-size", "8"],
+    ],
+)
 def test_bad_inputs_one_line_nothing_written(store, capsys, tmp_path, argv):
     argv = [a.replace("{S}", str(store)) for a in argv]
     before = snapshot(store)
@@ -97,6 +119,7 @@ def test_calibrate_out_that_exists_is_refused_before_any_work(store, tmp_path, c
 
 def test_read_only_store_is_refused_before_any_work(store, capsys):
     import os
+
     if os.geteuid() == 0:
         pytest.skip("root writes anywhere; the check is os.access")
     store.chmod(0o555)
@@ -107,14 +130,20 @@ def test_read_only_store_is_refused_before_any_work(store, capsys):
 
 
 def test_second_writer_of_a_group_stops_at_once_naming_the_holder(store):
-    code = ("import sys, time; from devarray.store import RunStore\n"
-            "s = RunStore.open(sys.argv[1])\n"
-            "with s.writing('llc'):\n    print('held', flush=True); time.sleep(30)\n")
+    code = (
+        "import sys, time; from devarray.store import RunStore\n"
+        "s = RunStore.open(sys.argv[1])\n"
+        "with s.writing('llc'):\n    print('held', flush=True); time.sleep(30)\n"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code, str(store)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        res = subprocess.run([sys.executable, "-m", "devarray.cli", "llc", str(store), "--quiet", "--steps", "0"],
-                             capture_output=True, text=True, timeout=120)
+        res = subprocess.run(
+            [sys.executable, "-m", "devarray.cli", "llc", str(store), "--quiet", "--steps", "0"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert res.returncode == 2 and f"being written by pid {holder.pid}" in res.stderr, res.stderr
         assert "--wait" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     finally:
@@ -132,8 +161,15 @@ def test_a_step_written_under_other_settings_is_not_done(store):
     # a writer that still held the old settings writes step 2 after the group changed (the race of
     # issue 12): its fingerprint differs from the group's, so the step is not done for anyone
     old_id = int(s.array("llc", "settings_id")[s.index_of("llc", 0)])
-    llc.run(store, sgld_settings(**{**SMALL, "epsilon": 2e-4}), dataset_size=64, steps=[0], overwrite=True,
-            progress=False, threads=1)
+    llc.run(
+        store,
+        sgld_settings(**{**SMALL, "epsilon": 2e-4}),
+        dataset_size=64,
+        steps=[0],
+        overwrite=True,
+        progress=False,
+        threads=1,
+    )
     s = RunStore.open(store)
     i = s.index_of("llc", 2)
     s.array("llc", "settings_id")[i] = old_id
@@ -141,6 +177,7 @@ def test_a_step_written_under_other_settings_is_not_done(store):
     assert list(s.done_steps("llc")) == [0]
     ds = xr.open_zarr(store, group="llc", consolidated=False)
     from devarray.pipelines.runner import done
+
     assert list(done(ds).step.values) == [0]
     # and the pipeline recomputes it under the group's settings
     llc.run(store, sgld_settings(**{**SMALL, "epsilon": 2e-4}), dataset_size=64, steps=[2], progress=False, threads=1)
@@ -157,8 +194,15 @@ def test_overwrite_clears_done_flags_before_the_settings_change(store, monkeypat
         return real(self, group, steps)
 
     monkeypatch.setattr(RunStore, "clear_done", spy)
-    llc.run(store, sgld_settings(**{**SMALL, "epsilon": 2e-4}), dataset_size=64, steps=[0], overwrite=True,
-            progress=False, threads=1)
+    llc.run(
+        store,
+        sgld_settings(**{**SMALL, "epsilon": 2e-4}),
+        dataset_size=64,
+        steps=[0],
+        overwrite=True,
+        progress=False,
+        threads=1,
+    )
     assert seen == [1e-4]
 
 
@@ -167,10 +211,23 @@ def test_lost_group_metadata_is_refused_not_repaired(store):
     (store / "llc" / "zarr.json").unlink()
     for _ in range(2):
         with pytest.raises(StoreError, match="damaged .*zarr.json is missing.*--overwrite"):
-            llc.run(store, sgld_settings(**{**SMALL, "epsilon": 2e-4}), dataset_size=64, steps=[0],
-                    progress=False, threads=1)
-    llc.run(store, sgld_settings(**{**SMALL, "epsilon": 2e-4}), dataset_size=64, steps=[0], overwrite=True,
-            progress=False, threads=1)
+            llc.run(
+                store,
+                sgld_settings(**{**SMALL, "epsilon": 2e-4}),
+                dataset_size=64,
+                steps=[0],
+                progress=False,
+                threads=1,
+            )
+    llc.run(
+        store,
+        sgld_settings(**{**SMALL, "epsilon": 2e-4}),
+        dataset_size=64,
+        steps=[0],
+        overwrite=True,
+        progress=False,
+        threads=1,
+    )
     ds = xr.open_zarr(store, group="llc", consolidated=False)
     assert ds.attrs["epsilon"] == 2e-4 and list(ds.step.values[ds.done.values]) == [0]
 

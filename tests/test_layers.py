@@ -27,8 +27,18 @@ ALLOWED = {
     "plots": {"stages"},
     "plots_language": {"plots", "store"},
     "compare": {"checkpoints", "errors", "settings", "store"},
-    "pipelines": {"checkpoints", "errors", "models", "observables", "schemas", "settings", "slt", "stages", "store",
-                  "store_observables"},
+    "pipelines": {
+        "checkpoints",
+        "errors",
+        "models",
+        "observables",
+        "schemas",
+        "settings",
+        "slt",
+        "stages",
+        "store",
+        "store_observables",
+    },
 }
 
 
@@ -55,8 +65,9 @@ def _imports(path: Path) -> set[str]:
                     base = ("devarray", *base)
                 names = [".".join((*base, node.module)) if node.module else ".".join(base)]
                 if not node.module:
-                    names = [".".join((*base, a.name)) if not a.name.startswith("__") else ".".join(base)
-                             for a in node.names]
+                    names = [
+                        ".".join((*base, a.name)) if not a.name.startswith("__") else ".".join(base) for a in node.names
+                    ]
             else:
                 names = [node.module or ""]
                 if node.module == "devarray":  # `from devarray import schemas`; __version__ is the root's
@@ -72,8 +83,11 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
-LIBRARY = sorted(p for p in [*ROOT.glob("devarray/**/*.py"), *ROOT.glob("pipelines/*.py"), *ROOT.glob("schemas/*.py")]
-                 if _package_of(p) in ALLOWED)
+LIBRARY = sorted(
+    p
+    for p in [*ROOT.glob("devarray/**/*.py"), *ROOT.glob("pipelines/*.py"), *ROOT.glob("schemas/*.py")]
+    if _package_of(p) in ALLOWED
+)
 
 
 @pytest.mark.parametrize("path", LIBRARY, ids=lambda p: str(p.relative_to(ROOT)))
@@ -83,8 +97,12 @@ def test_module_imports_only_the_layers_below_it(path):
 
 
 def test_every_library_module_is_in_the_table():
-    packages = {_package_of(p) for p in ROOT.glob("devarray/**/*.py")} - {"__init__", "cli", "app_server",
-                                                                          "synthetic_curves"}
+    packages = {_package_of(p) for p in ROOT.glob("devarray/**/*.py")} - {
+        "__init__",
+        "cli",
+        "app_server",
+        "synthetic_curves",
+    }
     assert packages <= set(ALLOWED), packages - set(ALLOWED)
 
 
@@ -100,9 +118,17 @@ def test_the_checker_sees_a_forbidden_import(tmp_path):
 
 def test_no_setting_specific_names_in_the_generic_layers():
     """The trainer, the pipelines, the CLI and the app ask the setting; none names one."""
-    generic = [ROOT / "devarray" / "train.py", ROOT / "devarray" / "cli.py", *ROOT.glob("pipelines/*.py"),
-               *ROOT.glob("apps/*.py")]
+    generic = [
+        ROOT / "devarray" / "train.py",
+        ROOT / "devarray" / "cli.py",
+        *ROOT.glob("pipelines/*.py"),
+        *ROOT.glob("apps/*.py"),
+    ]
     words = ("regression", "mse_loss", "RegressionTask", "tasks.language", "synthetic_language")
-    hits = [f"{p.relative_to(ROOT)}:{i}" for p in generic for i, line in enumerate(p.read_text().splitlines(), 1)
-            if any(w in line for w in words)]
+    hits = [
+        f"{p.relative_to(ROOT)}:{i}"
+        for p in generic
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if any(w in line for w in words)
+    ]
     assert not hits, hits

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from devarray.pipelines import hessian, llc, observe, stages
 
 from devarray import schemas
 from devarray.models.regression import RegressionTransformer
-from devarray.pipelines import hessian, llc, observe, stages
 from devarray.slt import estimate_llc, sgld_settings
 from devarray.slt.hessian import hessian_stats
 from devarray.store import RunStore
@@ -26,8 +26,18 @@ def _data():
 
 def test_estimate_llc_output_follows_the_llc_schema():
     model, data = _data()
-    ds = estimate_llc(model, mse_loss, data, batch_size=16, num_chains=2, num_draws=6, num_burnin_steps=1,
-                      epsilon=1e-4, localization=10.0, warn=False)
+    ds = estimate_llc(
+        model,
+        mse_loss,
+        data,
+        batch_size=16,
+        num_chains=2,
+        num_draws=6,
+        num_burnin_steps=1,
+        epsilon=1e-4,
+        localization=10.0,
+        warn=False,
+    )
     schemas.validate(ds, "llc")
     bad = ds.assign(llc_mean=ds.llc_mean.assign_attrs(units="nats"))
     with pytest.raises(schemas.SchemaError, match="llc_mean.units"):
@@ -49,8 +59,12 @@ def analysed(tmp_path_factory, tiny_store):
     path = tmp_path_factory.mktemp("meta") / "run.zarr"
     shutil.copytree(tiny_store, path)
     kw = dict(progress=False, threads=1, steps=[0, 1, 2, 3, 5, 100])
-    llc.run(path, sgld_settings(batch_size=16, num_chains=2, num_draws=40, num_burnin_steps=1, epsilon=1e-4,
-                                localization=10.0), dataset_size=64, **kw)
+    llc.run(
+        path,
+        sgld_settings(batch_size=16, num_chains=2, num_draws=40, num_burnin_steps=1, epsilon=1e-4, localization=10.0),
+        dataset_size=64,
+        **kw,
+    )
     hessian.run(path, batch_size=16, num_probes=4, top_k=2, num_lanczos=4, **kw)
     observe.run(path, ["icl_scores", "attn_entropy"], **kw)
     stages.run(path)
@@ -67,7 +81,9 @@ def test_every_stored_variable_has_cf_attrs_from_one_place(analysed):
                 assert var.attrs.get(key), f"{group}/{name} lacks {key}"
             spec = schema["variables"].get(name) or schema["coords"].get(name)
             if spec is not None:
-                assert {k: var.attrs[k] for k in schemas.CF if k in spec} == {k: spec[k] for k in schemas.CF if k in spec}
+                assert {k: var.attrs[k] for k in schemas.CF if k in spec} == {
+                    k: spec[k] for k in schemas.CF if k in spec
+                }
 
 
 def test_llc_group_stores_the_ess_behind_not_converged(analysed):

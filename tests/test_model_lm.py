@@ -13,15 +13,28 @@ SMALL = AttentionOnlyConfig(n_layers=2, d_vocab=50, n_ctx=16, d_model=32, n_head
 
 # Figure F.1, component by component (TransformerLens names on the left).
 FIGURE_F1_BLOCK = {
-    "ln1.w": 256, "ln1.b": 256,
-    "attn.W_Q": 65_536, "attn.W_K": 65_536, "attn.W_V": 65_536, "attn.W_O": 65_536,
-    "attn.b_Q": 256, "attn.b_K": 256, "attn.b_V": 256, "attn.b_O": 256,
+    "ln1.w": 256,
+    "ln1.b": 256,
+    "attn.W_Q": 65_536,
+    "attn.W_K": 65_536,
+    "attn.W_V": 65_536,
+    "attn.W_O": 65_536,
+    "attn.b_Q": 256,
+    "attn.b_K": 256,
+    "attn.b_V": 256,
+    "attn.b_O": 256,
 }
 
 
 def figure_f1(n_layers: int) -> dict[str, int]:
-    counts = {"embed.W_E": 1_280_000, "pos_embed.W_pos": 262_144,
-              "ln_final.w": 256, "ln_final.b": 256, "unembed.W_U": 1_280_000, "unembed.b_U": 5_000}
+    counts = {
+        "embed.W_E": 1_280_000,
+        "pos_embed.W_pos": 262_144,
+        "ln_final.w": 256,
+        "ln_final.b": 256,
+        "unembed.W_U": 1_280_000,
+        "unembed.b_U": 5_000,
+    }
     for i in range(n_layers):
         counts |= {f"blocks.{i}.{k}": n for k, n in FIGURE_F1_BLOCK.items()}
     return counts
@@ -57,14 +70,28 @@ def test_per_component_counts_match_figure_f1(n_layers):
 def test_names_and_shapes_are_transformer_lens():
     c = SMALL
     H, D, E = c.n_heads, c.d_model, c.d_head
-    want = {"embed.W_E": (c.d_vocab, D), "pos_embed.W_pos": (c.n_ctx, D),
-            "ln_final.w": (D,), "ln_final.b": (D,), "unembed.W_U": (D, c.d_vocab), "unembed.b_U": (c.d_vocab,)}
+    want = {
+        "embed.W_E": (c.d_vocab, D),
+        "pos_embed.W_pos": (c.n_ctx, D),
+        "ln_final.w": (D,),
+        "ln_final.b": (D,),
+        "unembed.W_U": (D, c.d_vocab),
+        "unembed.b_U": (c.d_vocab,),
+    }
     for i in range(c.n_layers):
         b = f"blocks.{i}."
-        want |= {b + "ln1.w": (D,), b + "ln1.b": (D,),
-                 b + "attn.W_Q": (H, D, E), b + "attn.W_K": (H, D, E), b + "attn.W_V": (H, D, E),
-                 b + "attn.W_O": (H, E, D), b + "attn.b_Q": (H, E), b + "attn.b_K": (H, E),
-                 b + "attn.b_V": (H, E), b + "attn.b_O": (D,)}
+        want |= {
+            b + "ln1.w": (D,),
+            b + "ln1.b": (D,),
+            b + "attn.W_Q": (H, D, E),
+            b + "attn.W_K": (H, D, E),
+            b + "attn.W_V": (H, D, E),
+            b + "attn.W_O": (H, E, D),
+            b + "attn.b_Q": (H, E),
+            b + "attn.b_K": (H, E),
+            b + "attn.b_V": (H, E),
+            b + "attn.b_O": (D,),
+        }
     model = AttentionOnlyTransformer(c)
     assert {n: tuple(t.shape) for n, t in model.state_dict().items()} == want
 
@@ -208,8 +235,14 @@ def test_export_config_and_refusal_of_other_architectures():
     assert back.cfg == AttentionOnlyConfig(**{**SMALL.to_dict(), "init_std": SMALL.weight_std})
     assert torch.equal(back(tokens()), model(tokens()))
     assert torch.equal(from_transformer_lens({**kwargs, "attn_scale": -1.0}, state)(tokens()), model(tokens()))
-    others = [("positional_embedding_type", "standard"), ("attn_only", False), ("normalization_type", "LNPre"),
-              ("attn_scale", 3.0), ("use_attn_scale", False), ("attention_dir", "bidirectional")]
+    others = [
+        ("positional_embedding_type", "standard"),
+        ("attn_only", False),
+        ("normalization_type", "LNPre"),
+        ("attn_scale", 3.0),
+        ("use_attn_scale", False),
+        ("attention_dir", "bidirectional"),
+    ]
     for key, value in others:
         with pytest.raises(ValueError, match=key):
             from_transformer_lens({**kwargs, key: value}, state)

@@ -39,8 +39,9 @@ def induction_model(seed: int = 0) -> AttentionOnlyTransformer:
     query's current token against each key's previous token (K-composition) and copies the key's token
     into a subspace the unembedding reads. The other heads are random and tiny."""
     torch.manual_seed(seed)
-    model = AttentionOnlyTransformer(AttentionOnlyConfig(n_layers=2, d_vocab=V, n_ctx=N_CTX, d_model=D, n_heads=2,
-                                                         d_head=E))
+    model = AttentionOnlyTransformer(
+        AttentionOnlyConfig(n_layers=2, d_vocab=V, n_ctx=N_CTX, d_model=D, n_heads=2, d_head=E)
+    )
     _zero(model)
     with torch.no_grad():
         for v in range(V):
@@ -68,8 +69,19 @@ def synthetic_probe(n_ctx=N_CTX, vocab=V, seed=0):
     """A probe with only the synthetic attention sets (all the structural scores need)."""
     tokens, lengths = probes.prev_token_sequences(vocab, 0, n_ctx, seed)
     prefix, first, second = probes.prefix_sequences(vocab, 0, n_ctx, seed)
-    data = probes.LanguageProbeData(n_ctx, *(torch.zeros(0, dtype=torch.long),) * 3, torch.zeros(0, vocab),
-                                    torch.zeros(0), {}, "none", tokens, lengths, prefix, first, second)
+    data = probes.LanguageProbeData(
+        n_ctx,
+        *(torch.zeros(0, dtype=torch.long),) * 3,
+        torch.zeros(0, vocab),
+        torch.zeros(0),
+        {},
+        "none",
+        tokens,
+        lengths,
+        prefix,
+        first,
+        second,
+    )
     from devarray.settings.language import LanguageProbe
 
     return LanguageProbe(torch.zeros(1, n_ctx, dtype=torch.long), seed, data)
@@ -128,8 +140,9 @@ def test_composition_scores_equal_transformer_lens():
     from devarray.models import to_hooked_transformer
 
     torch.manual_seed(3)
-    model = AttentionOnlyTransformer(AttentionOnlyConfig(n_layers=2, d_vocab=20, n_ctx=8, d_model=24, n_heads=3,
-                                                         d_head=5))
+    model = AttentionOnlyTransformer(
+        AttentionOnlyConfig(n_layers=2, d_vocab=20, n_ctx=8, d_model=24, n_heads=3, d_head=5)
+    )
     ours = structure.composition_score(model, None)
     ht = to_hooked_transformer(model)
     for c in "QKV":
@@ -138,8 +151,9 @@ def test_composition_scores_equal_transformer_lens():
 
 
 def test_one_layer_composition_is_nan_of_the_declared_shape():
-    model = AttentionOnlyTransformer(AttentionOnlyConfig(n_layers=1, d_vocab=20, n_ctx=8, d_model=24, n_heads=3,
-                                                         d_head=5))
+    model = AttentionOnlyTransformer(
+        AttentionOnlyConfig(n_layers=1, d_vocab=20, n_ctx=8, d_model=24, n_heads=3, d_head=5)
+    )
     comp = structure.composition_score(model, None)
     assert comp.shape == (3, 3, 3) and comp.isnull().all()
 
@@ -155,8 +169,9 @@ def bigram_model(q: np.ndarray, n_ctx: int) -> AttentionOnlyTransformer:
     """Logits log q(· | current token): attention writes nothing, the embedding is one-hot (zero-mean pairs),
     the unembedding holds log q."""
     v = q.shape[0]
-    model = AttentionOnlyTransformer(AttentionOnlyConfig(n_layers=1, d_vocab=v, n_ctx=n_ctx, d_model=2 * v, n_heads=1,
-                                                         d_head=4, eps=1e-12))
+    model = AttentionOnlyTransformer(
+        AttentionOnlyConfig(n_layers=1, d_vocab=v, n_ctx=n_ctx, d_model=2 * v, n_heads=1, d_head=4, eps=1e-12)
+    )
     _zero(model)
     scale = v**0.5  # the layer norm's gain on a pair direction in 2v dimensions
     with torch.no_grad():

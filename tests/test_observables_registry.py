@@ -6,9 +6,9 @@ import torch
 import xarray as xr
 
 from devarray import observables as obs
-from devarray.observables.regression import make_probe
 from devarray.models.regression import RegressionConfig, RegressionTransformer
 from devarray.observables.registry import Registry, cached
+from devarray.observables.regression import make_probe
 from devarray.tasks.regression import RegressionTask
 
 TINY = RegressionConfig(D=2, K=3, L=1, H=2, d_embed=8, d_mlp=8)
@@ -51,7 +51,11 @@ def test_register_get_names_and_attrs(reg, model):
     assert set(reg.variables()) == {"a", "b", "wn"}
 
     ds = reg.compute(model, ["wn", "pair"], probe=None)
-    assert ds["wn"].attrs == {"long_name": "weight norm", "units": "1", "description": "Norm of every parameter tensor."}
+    assert ds["wn"].attrs == {
+        "long_name": "weight norm",
+        "units": "1",
+        "description": "Norm of every parameter tensor.",
+    }
     assert ds["a"].attrs == {"long_name": "a", "units": "m", "description": "first"}
     assert ds["b"].attrs["description"] == "Two variables."
     expected = float(torch.cat([p.detach().flatten() for p in model.parameters()]).norm())
@@ -97,13 +101,15 @@ def test_spec_errors(reg):
 def test_results_are_validated_against_spec(reg, model):
     reg.observable(name="bad_dims", dims=("layer",), description="x")(lambda m, p: xr.DataArray([1.0], dims="head"))
     reg.observable(name="not_xarray", description="x")(lambda m, p: 1.0)
-    reg.observable(name="missing", variables={"u": dict(dims=(), description="x"), "v": dict(dims=(), description="x")})(
-        lambda m, p: xr.Dataset({"u": 1.0})
-    )
+    reg.observable(
+        name="missing", variables={"u": dict(dims=(), description="x"), "v": dict(dims=(), description="x")}
+    )(lambda m, p: xr.Dataset({"u": 1.0}))
     reg.observable(name="array_for_dataset", variables={"w": dict(dims=()), "z": dict(dims=())}, description="x")(
         lambda m, p: xr.DataArray(1.0)
     )
-    with pytest.raises(ValueError, match=r"observable 'bad_dims': variable 'bad_dims' has dims \('head',\), declared \('layer',\)"):
+    with pytest.raises(
+        ValueError, match=r"observable 'bad_dims': variable 'bad_dims' has dims \('head',\), declared \('layer',\)"
+    ):
         reg.compute(model, "bad_dims", None)
     with pytest.raises(TypeError, match="observable 'not_xarray' returned float"):
         reg.compute(model, "not_xarray", None)
@@ -138,13 +144,19 @@ def test_a_string_is_one_dim_and_errors_name_the_observable(reg, model):
 
 
 def test_dims_are_put_in_declared_order(reg, model):
-    reg.observable(name="m", dims=("a", "b"), description="x")(lambda m, p: xr.DataArray(np.zeros((3, 2)), dims=("b", "a")))
+    reg.observable(name="m", dims=("a", "b"), description="x")(
+        lambda m, p: xr.DataArray(np.zeros((3, 2)), dims=("b", "a"))
+    )
     assert reg.compute(model, "m", None)["m"].dims == ("a", "b")
 
 
 def test_conflicting_coordinates_are_reported(reg, model):
-    reg.observable(name="p", dims=("k",), description="x")(lambda m, p: xr.DataArray([0.0, 1.0], dims="k", coords={"k": [1, 2]}))
-    reg.observable(name="q", dims=("k",), description="x")(lambda m, p: xr.DataArray([0.0, 1.0], dims="k", coords={"k": [0, 1]}))
+    reg.observable(name="p", dims=("k",), description="x")(
+        lambda m, p: xr.DataArray([0.0, 1.0], dims="k", coords={"k": [1, 2]})
+    )
+    reg.observable(name="q", dims=("k",), description="x")(
+        lambda m, p: xr.DataArray([0.0, 1.0], dims="k", coords={"k": [0, 1]})
+    )
     with pytest.raises(ValueError, match="disagree on shared coordinates"):
         reg.compute(model, ["p", "q"], None)
 

@@ -8,8 +8,8 @@ import torch
 import xarray as xr
 
 from devarray import observables as obs
-from devarray.observables.regression import make_probe
 from devarray.models.regression import RegressionConfig, RegressionTransformer
+from devarray.observables.regression import make_probe
 from devarray.observables.regression.structure import query_positions, summarise_attention
 from devarray.tasks.regression import RegressionTask
 
@@ -144,7 +144,9 @@ def test_embedding_singular_values_and_alignment():
         model.token_embedding.weight.copy_(u @ torch.diag(sv) @ v.T)
         ds = obs.compute(model, "embedding_spectrum", None)
         np.testing.assert_allclose(ds.token_embedding_sv, sv, rtol=1e-5)
-        np.testing.assert_allclose(ds.position_embedding_sv, np.linalg.svd(model.position_embedding.weight.numpy())[1], rtol=1e-5)
+        np.testing.assert_allclose(
+            ds.position_embedding_sv, np.linalg.svd(model.position_embedding.weight.numpy())[1], rtol=1e-5
+        )
         assert ds.position_embedding_sv.size == min(T, d)
 
         # unembedding reads the first three residual directions
@@ -171,7 +173,9 @@ def test_effective_unembedding_reproduces_predictions(probe):
     with torch.no_grad():
         y_hat = model.predict(probe.tokens).double()
     zx = z[0][:, 0::2].double()
-    normalised = (zx - zx.mean(-1, keepdim=True)) / torch.sqrt(zx.var(-1, unbiased=False, keepdim=True) + model.ln_out.eps)
+    normalised = (zx - zx.mean(-1, keepdim=True)) / torch.sqrt(
+        zx.var(-1, unbiased=False, keepdim=True) + model.ln_out.eps
+    )
     reconstructed = normalised @ torch.from_numpy(ds.unembed_eff_weight.values) + ds.unembed_eff_bias.item()
     torch.testing.assert_close(reconstructed, y_hat, rtol=1e-5, atol=1e-5)
     w0 = model.unembedding.weight[0].detach().double()

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from devarray.pipelines import hessian, llc, stages
 
 from devarray.checkpoints import load_model
 from devarray.settings import setting_for
 from devarray.slt import sgld_settings
 from devarray.store import RunStore, StoreError
 from devarray.tasks.regression import mse_loss
-from devarray.pipelines import hessian, llc, stages
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def test_hessian_pipeline_top_eigenvalue_matches_power_iteration(store):
         chunks, i = {}, 0
         for n in names:
             k = params[n].numel()
-            chunks[n] = w[i:i + k].view_as(params[n]).float()
+            chunks[n] = w[i : i + k].view_as(params[n]).float()
             i += k
         return mse_loss(_Bound(model, chunks), x, y)
 
@@ -58,16 +58,18 @@ def test_hessian_pipeline_top_eigenvalue_matches_power_iteration(store):
 
 def test_hessian_settings_guard_and_resume(store):
     hessian.run(store, batch_size=32, num_probes=4, top_k=2, num_lanczos=8, steps=[0], progress=False, threads=1)
-    again = hessian.run(store, batch_size=32, num_probes=4, top_k=2, num_lanczos=8, steps=[0, 1], progress=False,
-                        threads=1)
+    again = hessian.run(
+        store, batch_size=32, num_probes=4, top_k=2, num_lanczos=8, steps=[0, 1], progress=False, threads=1
+    )
     assert [r["step"] for r in again] == [1]
     with pytest.raises(StoreError, match="other settings"):
         hessian.run(store, batch_size=64, num_probes=4, top_k=2, num_lanczos=8, steps=[0], progress=False)
 
 
 def test_stages_pipeline_writes_group_and_table(store):
-    settings = sgld_settings(batch_size=32, num_chains=2, num_draws=10, num_burnin_steps=2,
-                             epsilon=1e-3, beta_tilde=0.01, gamma_tilde=0.01)
+    settings = sgld_settings(
+        batch_size=32, num_chains=2, num_draws=10, num_burnin_steps=2, epsilon=1e-3, beta_tilde=0.01, gamma_tilde=0.01
+    )
     with pytest.raises(StoreError, match="no done llc"):
         stages.run(store)
     llc.run(store, settings, dataset_size=256, progress=False, threads=1)

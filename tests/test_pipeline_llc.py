@@ -3,13 +3,14 @@ import shutil
 
 import numpy as np
 import pytest
+from devarray.pipelines import llc
 
 from devarray.slt import sgld_settings
 from devarray.store import RunStore, StoreError
-from devarray.pipelines import llc
 
-SETTINGS = sgld_settings(batch_size=32, num_chains=2, num_draws=12, num_burnin_steps=4,
-                         epsilon=1e-3, beta_tilde=0.01, gamma_tilde=0.01)
+SETTINGS = sgld_settings(
+    batch_size=32, num_chains=2, num_draws=12, num_burnin_steps=4, epsilon=1e-3, beta_tilde=0.01, gamma_tilde=0.01
+)
 STEPS = [0, 56, 100]
 
 
@@ -74,8 +75,14 @@ def test_any_scheduler_address(store, tmp_path):
     shutil.copytree(store, tmp_path / "remote.zarr")
     llc.run(store, SETTINGS, dataset_size=256, steps=[0, 100], progress=False, threads=1)
     with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
-        llc.run(tmp_path / "remote.zarr", SETTINGS, dataset_size=256, steps=[0, 100], progress=False,
-                scheduler=cluster.scheduler_address)
+        llc.run(
+            tmp_path / "remote.zarr",
+            SETTINGS,
+            dataset_size=256,
+            steps=[0, 100],
+            progress=False,
+            scheduler=cluster.scheduler_address,
+        )
     a, b = llc_arrays(store), llc_arrays(tmp_path / "remote.zarr")
     for v in a:
         assert a[v].tobytes() == b[v].tobytes(), v
@@ -86,9 +93,29 @@ def test_cli_compile_matches_eager_within_rounding(store, tmp_path, capsys):
     from devarray import cli
 
     shutil.copytree(store, tmp_path / "compiled.zarr")
-    common = ["--chains", "2", "--draws", "12", "--burnin", "4", "--batch-size", "32", "--dataset-size", "256",
-              "--epsilon", "1e-3", "--beta-tilde", "0.01", "--gamma-tilde", "0.01", "--steps", "56",
-              "--threads", "1", "--quiet"]
+    common = [
+        "--chains",
+        "2",
+        "--draws",
+        "12",
+        "--burnin",
+        "4",
+        "--batch-size",
+        "32",
+        "--dataset-size",
+        "256",
+        "--epsilon",
+        "1e-3",
+        "--beta-tilde",
+        "0.01",
+        "--gamma-tilde",
+        "0.01",
+        "--steps",
+        "56",
+        "--threads",
+        "1",
+        "--quiet",
+    ]
     assert cli.main(["llc", str(store), *common]) == 0
     assert cli.main(["llc", str(tmp_path / "compiled.zarr"), "--compile", *common]) == 0
     a, b = llc_arrays(store), llc_arrays(tmp_path / "compiled.zarr")

@@ -6,13 +6,13 @@ import textwrap
 import numpy as np
 import pytest
 import xarray as xr
+from devarray.pipelines import observe
 
 from devarray import observables as obs
-from devarray.observables.regression import make_probe
 from devarray.checkpoints import load_model
+from devarray.observables.regression import make_probe
 from devarray.settings import setting_for
 from devarray.store import RunStore, StoreError
-from devarray.pipelines import observe
 
 
 def unembedding_bias_y(model, probe):
@@ -49,8 +49,9 @@ def test_user_observable_becomes_a_variable_readable_by_plain_xarray(store):
 
 def test_done_observables_are_not_recomputed_and_overwrite_redoes_them(store):
     observe.run(store, ["test_unembedding_bias_y"], steps=[0, 1], progress=False, threads=1)
-    assert [r["step"] for r in observe.run(store, ["test_unembedding_bias_y"], steps=[0, 1, 2],
-                                           progress=False, threads=1)] == [2]
+    assert [
+        r["step"] for r in observe.run(store, ["test_unembedding_bias_y"], steps=[0, 1, 2], progress=False, threads=1)
+    ] == [2]
     redo = observe.run(store, ["test_unembedding_bias_y"], steps=[0], overwrite=True, progress=False, threads=1)
     assert [r["step"] for r in redo] == [0]
 
@@ -82,7 +83,8 @@ def test_regression_observables_fill_the_group(store):
 
 def test_cli_imports_a_users_module(store, tmp_path):
     module = tmp_path / "my_observables.py"
-    module.write_text(textwrap.dedent('''
+    module.write_text(
+        textwrap.dedent('''
         import xarray as xr
         from devarray.observables import observable
 
@@ -90,9 +92,24 @@ def test_cli_imports_a_users_module(store, tmp_path):
         def ln_out_weight_mean(model, probe):
             """Mean of the final layer norm's weights."""
             return xr.DataArray(float(model.ln_out.weight.mean()))
-    '''))
-    res = subprocess.run([sys.executable, "-m", "devarray.cli", "observe", str(store), "--module", str(module),
-                          "--name", "ln_out_weight_mean", "--quiet"], capture_output=True, text=True)
+    ''')
+    )
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "devarray.cli",
+            "observe",
+            str(store),
+            "--module",
+            str(module),
+            "--name",
+            "ln_out_weight_mean",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr
     ds = xr.open_zarr(store, group="observables")
     ln = RunStore.open(store).dataset("params")["ln_out.weight"].mean("d_embed")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from devarray.schedules import checkpoint_schedule
 from devarray.plots import COLD, WARM, finite_difference_slope, run_figure, save_png, stage_colors, stage_overlay
+from devarray.schedules import checkpoint_schedule
 from devarray.stages import find_stages
 
 STEPS = checkpoint_schedule(500_000, 30, 40)
@@ -31,23 +31,29 @@ def is_cold(color):  # cyans, blues, violets
 
 
 def hand_stages(starts, ends, directions, boundaries):
-    return xr.Dataset({
-        "stage_start": ("stage_id", starts),
-        "stage_end": ("stage_id", ends),
-        "stage_direction": ("stage_id", directions),
-        "boundary_step": ("boundary", boundaries),
-    }, coords={"stage_id": np.arange(1, len(starts) + 1), "boundary": np.arange(len(boundaries))})
+    return xr.Dataset(
+        {
+            "stage_start": ("stage_id", starts),
+            "stage_end": ("stage_id", ends),
+            "stage_direction": ("stage_id", directions),
+            "boundary_step": ("boundary", boundaries),
+        },
+        coords={"stage_id": np.arange(1, len(starts) + 1), "boundary": np.arange(len(boundaries))},
+    )
 
 
 def run_dataset(noise_seed=0):
     llc = 50 / (1 + np.exp(-(X - 4) / 0.4)) + 70 / (1 + np.exp(-(X - 8) / 0.4)) - 40 / (1 + np.exp(-(X - 11) / 0.3))
     llc = llc + 2 * np.random.default_rng(noise_seed).standard_normal(len(X))
-    return xr.Dataset({
-        "test_loss": ("step", 2 * np.exp(-X / 4) + 0.1, {"long_name": "test loss", "units": "MSE"}),
-        "llc_mean": ("step", llc, {"long_name": "LLC", "units": "nats"}),
-        "llc_std": ("step", np.full(len(X), 8.0)),
-        "weight_norm": ("step", 10 + X, {"long_name": "weight norm"}),
-    }, coords={"step": STEPS})
+    return xr.Dataset(
+        {
+            "test_loss": ("step", 2 * np.exp(-X / 4) + 0.1, {"long_name": "test loss", "units": "MSE"}),
+            "llc_mean": ("step", llc, {"long_name": "LLC", "units": "nats"}),
+            "llc_std": ("step", np.full(len(X), 8.0)),
+            "weight_norm": ("step", 10 + X, {"long_name": "weight norm"}),
+        },
+        coords={"step": STEPS},
+    )
 
 
 def mpl_style(element, option):
@@ -71,12 +77,18 @@ def test_stage_colors_follow_directions():
 
 
 def test_stage_overlay_shades_by_direction_and_marks_boundaries():
-    stages = hand_stages([0, 1000, 40_000], [1000, 40_000, 500_000], ["increasing", "increasing", "decreasing"], [1000, 40_000])
+    stages = hand_stages(
+        [0, 1000, 40_000], [1000, 40_000, 500_000], ["increasing", "increasing", "decreasing"], [1000, 40_000]
+    )
     overlay = stage_overlay(stages)
     spans = [e for e in overlay if isinstance(e, hv.VSpan)]
     lines = [e for e in overlay if isinstance(e, hv.VLine)]
     assert [mpl_style(s, "color") for s in spans] == [WARM[0], WARM[1], COLD[0]]
-    assert [list(s.data) for s in spans] == [[1.0, 1000.0], [1000.0, 40_000.0], [40_000.0, 500_000.0]]  # 0 → 1: log axis
+    assert [list(s.data) for s in spans] == [
+        [1.0, 1000.0],
+        [1000.0, 40_000.0],
+        [40_000.0, 500_000.0],
+    ]  # 0 → 1: log axis
     assert [line.data for line in lines] == [1000.0, 40_000.0]
 
 

@@ -9,10 +9,10 @@ import os
 
 import pytest
 import torch
-
-from devarray.settings.regression import LLC_PRESETS as PRESETS
 from devarray.pipelines import llc, stages
 from devarray.pipelines.runner import done
+
+from devarray.settings.regression import LLC_PRESETS as PRESETS
 from devarray.settings.regression import lr1_lr2_check
 from devarray.store import RunStore
 from devarray.train import make_config, train

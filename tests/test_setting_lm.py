@@ -12,16 +12,15 @@ import pytest
 import torch
 import xarray as xr
 import zarr
+from devarray.pipelines import hessian, llc, stages
+from test_train import assert_same_bytes
 
 from devarray.checkpoints import load_model
-from devarray.pipelines import hessian, llc, stages
 from devarray.settings import get
 from devarray.settings.language import icl_score, lm_stage_check, next_token_loss
 from devarray.slt import sgld_settings
 from devarray.store import RunStore
 from devarray.train import make_config, train
-
-from test_train import assert_same_bytes
 
 TRAIN = [sys.executable, "-m", "devarray.cli", "train", "lm", "--preset", "tiny", "--quiet"]
 
@@ -105,8 +104,15 @@ def test_sigkill_then_resume_gives_identical_store(tmp_path, lm_store):
 def test_llc_hessian_and_stages_pipelines_serve_the_language_setting(tmp_path, lm_store):
     path = tmp_path / "run.zarr"
     shutil.copytree(lm_store, path)
-    settings = sgld_settings(batch_size=8, num_chains=2, num_draws=20, num_burnin_steps=2, epsilon=1e-3,
-                             nbeta=8 / np.log(8), localization=100.0)
+    settings = sgld_settings(
+        batch_size=8,
+        num_chains=2,
+        num_draws=20,
+        num_burnin_steps=2,
+        epsilon=1e-3,
+        nbeta=8 / np.log(8),
+        localization=100.0,
+    )
     results = llc.run(path, settings, dataset_size=64, progress=False, threads=1)
     assert len(results) == len(RunStore.open(path).steps("params"))
     ds = xr.open_zarr(path, group="llc", consolidated=False)
@@ -135,8 +141,11 @@ def test_stage_check_reads_bigram_and_induction_boundaries():
     loss = np.array([5.5, 5.0, 3.6, 3.05, 2.9, 2.7, 2.5])
     gap = np.array([0, 0, 0, 0, -0.02, -0.3, -0.6])
     per_k = loss[:, None] + gap[:, None] * ((k >= 90) - 0.1)[None]
-    ev = xr.Dataset({"test_loss": ("step", loss), "test_loss_k": (("step", "k"), per_k)},
-                    coords={"step": steps, "k": k}, attrs={"bigram_entropy": 3.0, "unigram_entropy": 5.0})
+    ev = xr.Dataset(
+        {"test_loss": ("step", loss), "test_loss_k": (("step", "k"), per_k)},
+        coords={"step": steps, "k": k},
+        attrs={"bigram_entropy": 3.0, "unigram_entropy": 5.0},
+    )
     assert float(icl_score(ev).sel(step=9000)) == pytest.approx(-0.6, abs=1e-9)
     good = xr.Dataset({"boundary_step": ("boundary", [300, 4000]), "boundary_kind": ("boundary", ["plateau", "min"])})
     c = lm_stage_check(good, ev)
@@ -148,9 +157,11 @@ def test_stage_check_reads_bigram_and_induction_boundaries():
 
 
 def test_bad_language_options_get_one_line(tmp_path):
-    for args, message in [(["--layers", "3"], "--layers must be 1 or 2"),
-                          (["--num-tasks", "4"], "the language setting has no option --num-tasks"),
-                          (["--tokenizer", "t.json"], "--tokenizer needs a corpus")]:
+    for args, message in [
+        (["--layers", "3"], "--layers must be 1 or 2"),
+        (["--num-tasks", "4"], "the language setting has no option --num-tasks"),
+        (["--tokenizer", "t.json"], "--tokenizer needs a corpus"),
+    ]:
         res = subprocess.run(TRAIN + ["--out", str(tmp_path / "x.zarr"), *args], capture_output=True, text=True)
         assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
         assert not (tmp_path / "x.zarr").exists()
@@ -163,8 +174,20 @@ def test_training_on_a_local_corpus_tokenises_it_beside_the_store(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(lines))
     out = tmp_path / "c.zarr"
-    cmd = [sys.executable, "-m", "devarray.cli", "train", "lm", "--preset", "tiny", "--quiet", "--corpus",
-           str(corpus), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "devarray.cli",
+        "train",
+        "lm",
+        "--preset",
+        "tiny",
+        "--quiet",
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(out),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     cfg = RunStore.open(out).config

@@ -65,13 +65,19 @@ def test_library_errors_name_arguments_and_the_cli_maps_them_to_flags(tiny_store
     with pytest.raises(ConfigError, match="^num_steps must be positive") as err:
         get("lr").config("tiny", num_steps=0)
     assert err.value.argument == "num_steps"
-    res = subprocess.run([sys.executable, "-m", "devarray.cli", "llc", str(tiny_store), "--dataset-size", "8"],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "devarray.cli", "llc", str(tiny_store), "--dataset-size", "8"],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 2 and "--dataset-size (8) is smaller than the SGLD batch" in res.stderr, res.stderr
     # the parser's own checks come first, in one line too
-    res = subprocess.run([sys.executable, "-m", "devarray.cli", "train", "lr", "--steps", "0"],
-                         capture_output=True, text=True)
-    assert res.returncode == 2 and res.stderr == "devarray: error: train: argument --steps: 0 is not a positive integer\n"
+    res = subprocess.run(
+        [sys.executable, "-m", "devarray.cli", "train", "lr", "--steps", "0"], capture_output=True, text=True
+    )
+    assert (
+        res.returncode == 2 and res.stderr == "devarray: error: train: argument --steps: 0 is not a positive integer\n"
+    )
 
 
 def test_init_model_is_seeded_and_leaves_the_global_rng_alone():

@@ -24,8 +24,15 @@ COMMON = dict(batch_size=4, num_chains=4, num_draws=200, seed=0)  # default nβ 
 
 
 def test_rule_of_thumb_picks_largest_stable_step_smallest_safe_localization_largest_allowed_beta():
-    grid = calibrate(Well(), potential_loss, dummy_dataset(4), epsilon=[1e-5, 0.02, 3.0], nbeta=[2.0, 5.0],
-                     localization=[0.01, 100.0], **COMMON)
+    grid = calibrate(
+        Well(),
+        potential_loss,
+        dummy_dataset(4),
+        epsilon=[1e-5, 0.02, 3.0],
+        nbeta=[2.0, 5.0],
+        localization=[0.01, 100.0],
+        **COMMON,
+    )
     assert dict(grid.sizes) == {"epsilon": 3, "nbeta": 2, "localization": 2, "chain": 4, "draw": 200}
     # ε = 3 explodes everywhere, ε = 1e-5 is a random walk, weak localization escapes into the well
     assert grid["diverged"].sel(epsilon=3.0).all()
@@ -44,8 +51,15 @@ def test_rule_of_thumb_picks_largest_stable_step_smallest_safe_localization_larg
 
 def test_tilde_grid_and_no_acceptable_point():
     with pytest.warns(LLCDiagnosticWarning, match="no grid point"):
-        grid = calibrate(Well(), potential_loss, dummy_dataset(4), epsilon=[3.0, 4.0], beta_tilde=[1.5],
-                         gamma_tilde=[0.015, 0.03], **COMMON | dict(num_draws=50))
+        grid = calibrate(
+            Well(),
+            potential_loss,
+            dummy_dataset(4),
+            epsilon=[3.0, 4.0],
+            beta_tilde=[1.5],
+            gamma_tilde=[0.015, 0.03],
+            **COMMON | dict(num_draws=50),
+        )
     assert ("beta_tilde", "gamma_tilde") == grid["acceptable"].dims[1:]
     np.testing.assert_allclose(grid["nbeta"].sel(epsilon=3.0), 1.0)  # nβ = 2β̃/ε
     np.testing.assert_allclose(grid["localization"].sel(epsilon=4.0, beta_tilde=1.5), [0.0075, 0.015])  # γ = 2γ̃/ε
@@ -54,7 +68,15 @@ def test_tilde_grid_and_no_acceptable_point():
 
 def test_grid_errors():
     with pytest.raises(ValueError, match="not both"):
-        calibrate(Well(), potential_loss, dummy_dataset(4), epsilon=[0.1], nbeta=[1.0], beta_tilde=[0.1],
-                  localization=[1.0], **COMMON)
+        calibrate(
+            Well(),
+            potential_loss,
+            dummy_dataset(4),
+            epsilon=[0.1],
+            nbeta=[1.0],
+            beta_tilde=[0.1],
+            localization=[1.0],
+            **COMMON,
+        )
     with pytest.raises(ValueError, match="localization grid"):
         calibrate(Well(), potential_loss, dummy_dataset(4), epsilon=[0.1], **COMMON)

@@ -10,8 +10,9 @@ from devarray.slt import LLCDiagnosticWarning, estimate_llc
 from devarray.slt.diagnostics import chain_diagnostics, default_divergence_threshold, summary
 from devarray.slt.potentials import Potential, Quadratic, dummy_dataset, potential_loss
 
-GOOD = dict(batch_size=1, nbeta=10.0, epsilon=5e-3, localization=0.1, num_chains=8, num_draws=2000,
-            num_burnin_steps=200)
+GOOD = dict(
+    batch_size=1, nbeta=10.0, epsilon=5e-3, localization=0.1, num_chains=8, num_draws=2000, num_burnin_steps=200
+)
 
 
 def flags(u, llc=None, diverged_step=None):
@@ -58,8 +59,13 @@ def test_healthy_chains_raise_no_flag_and_no_warning():
 def test_too_small_a_step_is_not_converged():
     # ε = 1e-5: after 400 steps the chains are still random walks away from w* (figure A.5, top right)
     with pytest.warns(LLCDiagnosticWarning, match=r"step 1234: chains .* did not converge"):
-        ds = estimate_llc(Quadratic((1.0, 1.0, 1.0)), potential_loss, dummy_dataset(), label="step 1234",
-                          **GOOD | dict(epsilon=1e-5, num_draws=400, num_burnin_steps=0))
+        ds = estimate_llc(
+            Quadratic((1.0, 1.0, 1.0)),
+            potential_loss,
+            dummy_dataset(),
+            label="step 1234",
+            **GOOD | dict(epsilon=1e-5, num_draws=400, num_burnin_steps=0),
+        )
     assert int(ds["not_converged"].sum()) >= 6
     assert float(ds["llc_mean"]) < 0.1  # far below the true 3/2
 
@@ -84,8 +90,12 @@ def test_escape_is_flagged():
 def test_exploding_chains_diverge_and_leave_no_mean():
     # ε nβ a = 3 > 2: every step multiplies w by −2 until the loss passes init + 100/nβ
     with pytest.warns(LLCDiagnosticWarning, match=r"chains 0, 1, 2, 3 diverged \(0 of 4"):
-        ds = estimate_llc(Quadratic((1.0,)), potential_loss, dummy_dataset(),
-                          **GOOD | dict(epsilon=0.3, num_chains=4, num_draws=100, num_burnin_steps=0))
+        ds = estimate_llc(
+            Quadratic((1.0,)),
+            potential_loss,
+            dummy_dataset(),
+            **GOOD | dict(epsilon=0.3, num_chains=4, num_draws=100, num_burnin_steps=0),
+        )
     assert ds["diverged"].all() and (ds["diverged_step"] > 0).all()
     limit = float(ds["init_loss"]) + ds.attrs["divergence_threshold"] / ds.attrs["nbeta"]
     assert ds.attrs["divergence_threshold"] == 100.0
@@ -107,8 +117,17 @@ class Disk(Potential):
 
 def test_diverged_chains_are_excluded_from_the_mean():
     with pytest.warns(LLCDiagnosticWarning, match="diverged"):
-        ds = estimate_llc(Disk(), potential_loss, dummy_dataset(), batch_size=1, nbeta=0.01, epsilon=0.004,
-                          localization=0.0, num_chains=8, num_draws=200)
+        ds = estimate_llc(
+            Disk(),
+            potential_loss,
+            dummy_dataset(),
+            batch_size=1,
+            nbeta=0.01,
+            epsilon=0.004,
+            localization=0.0,
+            num_chains=8,
+            num_draws=200,
+        )
     dead = ds["diverged"].values
     assert 0 < dead.sum() < 8
     assert np.isnan(ds["llc_per_chain"].values[dead]).all()

@@ -9,10 +9,9 @@ import torch
 
 from devarray.models.regression import RegressionConfig, RegressionTransformer
 from devarray.slt import LLCDiagnosticWarning, estimate_llc, sgld_settings
-from devarray.tasks.regression import mse_loss
 from devarray.slt.llc import init_loss, llc_per_chain, llc_trace
 from devarray.slt.potentials import Quadratic, dummy_dataset, potential_loss
-from devarray.tasks.regression import RegressionTask, generator
+from devarray.tasks.regression import RegressionTask, generator, mse_loss
 
 TINY = RegressionConfig(D=2, K=4, L=1, H=2, d_embed=16, d_mlp=16)
 
@@ -53,8 +52,19 @@ def test_init_loss_in_chunks_is_the_full_mean():
 
 
 def quadratic_llc(**kw):
-    settings = dict(batch_size=1, nbeta=10.0, epsilon=5e-3, localization=0.1, num_chains=4, num_draws=100,
-                    num_burnin_steps=20, warn=False) | kw
+    settings = (
+        dict(
+            batch_size=1,
+            nbeta=10.0,
+            epsilon=5e-3,
+            localization=0.1,
+            num_chains=4,
+            num_draws=100,
+            num_burnin_steps=20,
+            warn=False,
+        )
+        | kw
+    )
     return estimate_llc(Quadratic((1.0, 2.0)), potential_loss, dummy_dataset(), **settings)
 
 
@@ -62,8 +72,16 @@ def test_dataset_layout_and_attrs():
     ds = quadratic_llc(seed=3, label="step 7")
     assert dict(ds.sizes) == {"chain": 4, "draw": 100}
     assert ds["loss"].dims == ds["llc_trace"].dims == ("chain", "draw")
-    for name in ("llc_per_chain", "diverged", "not_converged", "escaped", "llc_drift", "llc_drift_z", "llc_ess",
-                 "diverged_step"):
+    for name in (
+        "llc_per_chain",
+        "diverged",
+        "not_converged",
+        "escaped",
+        "llc_drift",
+        "llc_drift_z",
+        "llc_ess",
+        "diverged_step",
+    ):
         assert ds[name].dims == ("chain",)
     for name in ("init_loss", "llc_mean", "llc_std"):
         assert ds[name].dims == ()
@@ -72,7 +90,13 @@ def test_dataset_layout_and_attrs():
     a = ds.attrs
     assert (a["epsilon"], a["nbeta"], a["localization"], a["gamma"]) == (5e-3, 10.0, 0.1, 0.1)
     assert a["beta_tilde"] == pytest.approx(0.025) and a["gamma_tilde"] == pytest.approx(2.5e-4)
-    assert (a["batch_size"], a["dataset_size"], a["num_chains"], a["num_draws"], a["num_burnin_steps"]) == (1, 1, 4, 100, 20)
+    assert (a["batch_size"], a["dataset_size"], a["num_chains"], a["num_draws"], a["num_burnin_steps"]) == (
+        1,
+        1,
+        4,
+        100,
+        20,
+    )
     assert (a["seed"], a["method"], a["num_params"], a["label"], a["init_loss_rows"]) == (3, "batched", 2, "step 7", 1)
     # eq. (3) from the stored draws, and llc_mean/llc_std over chains
     per_chain = 10.0 * (ds["loss"].mean("draw") - ds["init_loss"])

@@ -16,8 +16,17 @@ import pytest
 from devarray.slt import estimate_llc
 from devarray.slt.potentials import Mixed, NormalCrossing, Quadratic, Quartic, dummy_dataset, potential_loss
 
-SETTINGS = dict(batch_size=1, nbeta=10.0, epsilon=5e-3, localization=0.1, num_chains=64, num_draws=2000,
-                num_burnin_steps=200, method="batched", warn=False)
+SETTINGS = dict(
+    batch_size=1,
+    nbeta=10.0,
+    epsilon=5e-3,
+    localization=0.1,
+    num_chains=64,
+    num_draws=2000,
+    num_burnin_steps=200,
+    method="batched",
+    warn=False,
+)
 
 
 POTENTIALS = {

@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from devarray.models.regression import RegressionTransformer
-from devarray.slt import estimate_llc
-from devarray.tasks.regression import mse_loss
 from devarray.settings.regression import LLC_PRESETS as PRESETS
-from devarray.tasks.regression import RegressionTask
+from devarray.slt import estimate_llc
+from devarray.tasks.regression import RegressionTask, mse_loss
 
 
 def test_paper_preset_is_appendix_a32():

@@ -1,19 +1,16 @@
 """SGLD sampler: settings, seeding, paths, divergence handling (appendix A.2, A.4.1–A.4.3)."""
 
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
 from torch import nn
 
 from devarray.models.regression import RegressionConfig, RegressionTransformer
-from devarray.tasks.regression import mse_loss
-from devarray.slt.potentials import Potential, Quadratic, dummy_dataset, potential_loss
 from devarray.slt import sgld
+from devarray.slt.potentials import Potential, dummy_dataset, potential_loss
 from devarray.slt.sgld import FlatLoss, _BatchStream, _grad_fn, choose_method, run_chains, sgld_settings
-from devarray.tasks.regression import RegressionTask
+from devarray.tasks.regression import RegressionTask, mse_loss
 
 TINY = RegressionConfig(D=2, K=4, L=1, H=2, d_embed=16, d_mlp=16)
 
@@ -79,8 +76,7 @@ def test_bad_datasets_are_refused():
     with pytest.raises(ValueError, match="share their first dimension"):
         run_chains(model, mse_loss, (x, y[:16]), sgld_settings(batch_size=8, epsilon=1e-4, localization=1.0))
     with pytest.raises(ValueError, match="method"):
-        run_chains(model, mse_loss, (x, y), sgld_settings(batch_size=8, epsilon=1e-4, localization=1.0),
-                   method="vmap")
+        run_chains(model, mse_loss, (x, y), sgld_settings(batch_size=8, epsilon=1e-4, localization=1.0), method="vmap")
 
 
 # --- seeding and paths ------------------------------------------------------------------------
@@ -121,8 +117,11 @@ def test_loop_chains_side_by_side_are_bitwise_the_single_threaded_loop():
     assert torch.equal(side_by_side.loss, one_at_a_time.loss)
     assert sgld._chain_threads("batched", torch.device("cpu"), False, 3) == 1
     assert sgld._chain_threads("loop", torch.device("cpu"), True, 3) == 1  # compiled: one chain at a time
-    for kwargs, match in [(dict(chain_threads=0), "integer >= 1"), (dict(chain_threads=2, method="batched"), "loop only"),
-                          (dict(chain_threads=2, method="loop", compile=True), "without compile")]:
+    for kwargs, match in [
+        (dict(chain_threads=0), "integer >= 1"),
+        (dict(chain_threads=2, method="batched"), "loop only"),
+        (dict(chain_threads=2, method="loop", compile=True), "without compile"),
+    ]:
         with pytest.raises(ValueError, match=match):
             run_chains(model, mse_loss, data, s, **kwargs)
 
@@ -139,10 +138,20 @@ def test_rerun_is_bitwise_identical_and_seed_matters():
 
 def test_chain_streams_do_not_depend_on_the_number_of_chains():
     model, data = tiny_setup()
-    two = run_chains(model, mse_loss, data,
-                     sgld_settings(batch_size=32, num_chains=2, num_draws=8, epsilon=1e-3, localization=10.0), method="loop")
-    four = run_chains(model, mse_loss, data,
-                      sgld_settings(batch_size=32, num_chains=4, num_draws=8, epsilon=1e-3, localization=10.0), method="loop")
+    two = run_chains(
+        model,
+        mse_loss,
+        data,
+        sgld_settings(batch_size=32, num_chains=2, num_draws=8, epsilon=1e-3, localization=10.0),
+        method="loop",
+    )
+    four = run_chains(
+        model,
+        mse_loss,
+        data,
+        sgld_settings(batch_size=32, num_chains=4, num_draws=8, epsilon=1e-3, localization=10.0),
+        method="loop",
+    )
     assert torch.equal(two.loss, four.loss[:2])
 
 

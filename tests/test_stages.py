@@ -34,7 +34,9 @@ class Steps:
         return sum(h / (1 + np.exp(-(x - c) / w)) for c, h, w in zip(self.c, self.h, self.w))
 
     def slope(self, x):
-        return sum(h / w * np.exp(-(x - c) / w) / (1 + np.exp(-(x - c) / w)) ** 2 for c, h, w in zip(self.c, self.h, self.w))
+        return sum(
+            h / w * np.exp(-(x - c) / w) / (1 + np.exp(-(x - c) / w)) ** 2 for c, h, w in zip(self.c, self.h, self.w)
+        )
 
     def boundaries(self, tolerance=TOLERANCE):
         """(log step, kind) of each true boundary: the zero of the slope between a rise and a fall;
@@ -54,7 +56,10 @@ class Steps:
 
     def saddle_minima(self):
         """Log step of the minimum of |slope| between each pair of transitions."""
-        return [np.linspace(a, b, 20_001)[np.argmin(np.abs(self.slope(np.linspace(a, b, 20_001))))] for a, b in zip(self.c, self.c[1:])]
+        return [
+            np.linspace(a, b, 20_001)[np.argmin(np.abs(self.slope(np.linspace(a, b, 20_001))))]
+            for a, b in zip(self.c, self.c[1:])
+        ]
 
     def sample(self, sigma, seed):
         return self(X) + sigma * np.random.default_rng(seed).standard_normal(len(X))
@@ -88,7 +93,11 @@ def assert_recovered(ds, curve, max_error, margin=0.1):
     minima = np.array(curve.saddle_minima())
     start, end = np.log(ds.plateau_start.values), np.log(ds.plateau_end.values)
     plateau = ds.boundary_kind.values == "plateau"
-    assert np.all((start[plateau] - margin <= minima[plateau]) & (minima[plateau] <= end[plateau] + margin)), (start, minima, end)
+    assert np.all((start[plateau] - margin <= minima[plateau]) & (minima[plateau] <= end[plateau] + margin)), (
+        start,
+        minima,
+        end,
+    )
 
 
 @pytest.mark.parametrize("kernel", ["stationary", "warped"])
@@ -190,12 +199,15 @@ def test_lr_like_curve(sigma, seed):
     assert list(ds.stage_direction.values) == ["increasing", "increasing", "decreasing", "decreasing", "increasing"]
 
 
-@pytest.mark.parametrize("name,curve,direction", [
-    ("line in step", lambda x: 120 * np.exp(x) / 500_000, "increasing"),
-    ("line in log step", lambda x: 10 * x, "increasing"),
-    ("single rise", Steps([np.log(3000)], [120], 0.6), "increasing"),
-    ("single fall", Steps([np.log(300)], [-80], 0.3), "decreasing"),
-])
+@pytest.mark.parametrize(
+    "name,curve,direction",
+    [
+        ("line in step", lambda x: 120 * np.exp(x) / 500_000, "increasing"),
+        ("line in log step", lambda x: 10 * x, "increasing"),
+        ("single rise", Steps([np.log(3000)], [120], 0.6), "increasing"),
+        ("single fall", Steps([np.log(300)], [-80], 0.3), "decreasing"),
+    ],
+)
 @pytest.mark.parametrize("sigma,seed", [(0.0, 0), (5.0, 0), (5.0, 1)])
 def test_no_boundary_without_plateau(name, curve, direction, sigma, seed):
     y = curve(X) + sigma * np.random.default_rng(seed).standard_normal(len(X))
@@ -251,16 +263,25 @@ def test_wrt_step_rescales_slope_and_keeps_crossings():
 
 
 def test_dataarray_in_labelled_dataset_out():
-    y = xr.DataArray(STAGED(X), dims="step", coords={"step": STEPS}, name="llc_mean",
-                     attrs={"long_name": "LLC", "units": "nats"})
+    y = xr.DataArray(
+        STAGED(X), dims="step", coords={"step": STEPS}, name="llc_mean", attrs={"long_name": "LLC", "units": "nats"}
+    )
     y[5:9] = np.nan  # checkpoints not yet estimated are left out of the fit
     ds = find_stages(y, min_noise=1e-3)
     assert set(ds.dims) == {"step", "boundary", "stage_id"}
     np.testing.assert_array_equal(ds.step, STEPS)
     for name in ("smooth", "slope", "slope_lo", "slope_hi", "stage"):
         assert ds[name].dims == ("step",)
-    for name in ("boundary_step", "boundary_kind", "boundary_step_lo", "boundary_step_hi", "boundary_significance",
-                 "plateau_start", "plateau_end", "boundary_slope_tolerance"):
+    for name in (
+        "boundary_step",
+        "boundary_kind",
+        "boundary_step_lo",
+        "boundary_step_hi",
+        "boundary_significance",
+        "plateau_start",
+        "plateau_end",
+        "boundary_slope_tolerance",
+    ):
         assert ds[name].dims == ("boundary",)
     for name in ("stage_start", "stage_end", "stage_direction", "stage_change"):
         assert ds[name].dims == ("stage_id",)
@@ -271,7 +292,9 @@ def test_dataarray_in_labelled_dataset_out():
     assert ds.attrs["option_tolerance"] == StageOptions().tolerance
     # the tolerance is per boundary (issue #13): 15 % of the geometric mean of the neighbours' peaks
     peaks = [np.abs(STAGED.slope(c)) for c in STAGED.c]
-    np.testing.assert_allclose(ds.boundary_slope_tolerance, 0.15 * np.sqrt(np.multiply(peaks[:-1], peaks[1:])), rtol=0.05)
+    np.testing.assert_allclose(
+        ds.boundary_slope_tolerance, 0.15 * np.sqrt(np.multiply(peaks[:-1], peaks[1:])), rtol=0.05
+    )
     assert np.all((ds.boundary_significance > 0.5) & (ds.boundary_significance <= 1))
     assert 0 < ds.attrs["gp_noise_std"] < 5 and 0 < ds.attrs["gp_lengthscale"] <= ds.attrs["gp_lengthscale_max"]
     assert ds.attrs["gp_kernel"] in ("stationary", "warped") and ds.attrs["noise"] == "learned"
@@ -285,15 +308,19 @@ def test_dataarray_in_labelled_dataset_out():
 
 def test_stage_table():
     ds = find_stages(STAGED(X), STEPS)
-    others = xr.Dataset({
-        "test_loss": ("step", 2.0 - 0.1 * X),  # known change over any interval
-        "k_loss": (("step", "k"), np.zeros((len(X), 2))),  # not a curve over step: skipped
-    }, coords={"step": STEPS})
+    others = xr.Dataset(
+        {
+            "test_loss": ("step", 2.0 - 0.1 * X),  # known change over any interval
+            "k_loss": (("step", "k"), np.zeros((len(X), 2))),  # not a curve over step: skipped
+        },
+        coords={"step": STEPS},
+    )
     table = stage_table(ds, others)
     assert isinstance(table, pd.DataFrame) and table.index.name == "stage"
     assert list(table.columns) == ["start", "end", "direction", "Δy", "Δtest_loss"]
     assert list(table.index) == [1, 2, 3]
     start, end = table["start"].values, table["end"].values
+
     # boundary steps need not be checkpoints: the nearest checkpoint's value is used
     def nearest(s):
         return X[np.abs(STEPS - s).argmin()]
@@ -342,6 +369,7 @@ def test_a_slow_first_stage_that_stalls_is_a_stage(seed):
 
 # --- Issue #13: the demo's short run, rounding, noise, and fidelity on curves of the paper's shape ---
 
+
 def demo_like(seed, sigma=0.3):
     """The quick regression demo's LLC (6k steps, 47 checkpoints): creeps 29 → 31 by step 67,
     stalls at 31 ± 0.3 until step 316, doubles to 64 by ~1.2k, falls to 55 by 6k."""
@@ -369,8 +397,15 @@ def _regression_5():
     return c.y, c.step, c.se
 
 
-@pytest.mark.parametrize("make", [lambda: (STAGED(X), STEPS, None), lambda: (LR_LIKE.sample(2.0, 3), STEPS, None),
-                                  lambda: (demo_like(1), QUICK_STEPS, None), _regression_5])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: (STAGED(X), STEPS, None),
+        lambda: (LR_LIKE.sample(2.0, 3), STEPS, None),
+        lambda: (demo_like(1), QUICK_STEPS, None),
+        _regression_5,
+    ],
+)
 def test_boundaries_stable_under_rounding(make):
     # A long flat stretch's minimum of |slope| is set by noise; the boundary (a plateau's end, an
     # extremum) must move by less than its reported uncertainty when the curve changes by ~1e-6.
@@ -467,5 +502,7 @@ def test_fidelity_40_seeds(make, level):
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["line", "rise", "noise"])
 def test_no_boundary_on_null_curves(kind):
-    clean = sum(find_stages(c.y, c.step, noise=c.se).sizes["boundary"] == 0 for c in (null_curve(kind, s) for s in range(20)))
+    clean = sum(
+        find_stages(c.y, c.step, noise=c.se).sizes["boundary"] == 0 for c in (null_curve(kind, s) for s in range(20))
+    )
     assert clean >= 19, clean  # ≥ 95 % of seeds

@@ -80,8 +80,13 @@ def test_validation_catches_schema_violations(tmp_path):
     RunStore.open(tmp_path / "a.zarr")  # valid
     g = zarr.open_group(str(tmp_path / "a.zarr"), mode="r+")["hessian"]
     del g["trace"]
-    g.create_array("trace", shape=(2, 3), dtype="float32", dimension_names=["step", "eig"],
-                   attributes={"long_name": "x", "units": "1"})
+    g.create_array(
+        "trace",
+        shape=(2, 3),
+        dtype="float32",
+        dimension_names=["step", "eig"],
+        attributes={"long_name": "x", "units": "1"},
+    )
     with pytest.raises(StoreError, match="trace has dims"):
         RunStore.open(tmp_path / "a.zarr")
 

@@ -47,8 +47,9 @@ def test_paper_schedule_has_190_checkpoints():
 def test_onecycle_matches_pytorch_onecycle_linear():
     sched = Schedule(num_steps=400, n_linear=2, n_log=0)
     opt = torch.optim.Adam(torch.nn.Linear(1, 1).parameters(), lr=0.003)
-    ref = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.003, total_steps=400, pct_start=0.5,
-                                              anneal_strategy="linear", cycle_momentum=False)
+    ref = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=0.003, total_steps=400, pct_start=0.5, anneal_strategy="linear", cycle_momentum=False
+    )
     for step in range(400):
         assert onecycle_lr(step, sched) == pytest.approx(ref.get_last_lr()[0], rel=1e-12, abs=1e-15)
         opt.step()
@@ -155,8 +156,11 @@ def test_divergence_stops_with_message_and_keeps_checkpoints(tmp_path):
     ],
 )
 def test_bad_arguments_get_one_line_errors(args, message):
-    res = subprocess.run(TRAIN + ["--preset", "tiny", *args, "--quiet"] if "--preset" not in args else
-                         TRAIN + [*args, "--quiet"], capture_output=True, text=True)
+    res = subprocess.run(
+        TRAIN + ["--preset", "tiny", *args, "--quiet"] if "--preset" not in args else TRAIN + [*args, "--quiet"],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 2
     assert message in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
@@ -164,6 +168,7 @@ def test_bad_arguments_get_one_line_errors(args, message):
 
 
 def test_mismatched_store_error_from_the_command_line(tiny_store):
-    res = subprocess.run(TRAIN + ["--preset", "tiny", "--seed", "1", "--out", str(tiny_store)],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        TRAIN + ["--preset", "tiny", "--seed", "1", "--out", str(tiny_store)], capture_output=True, text=True
+    )
     assert res.returncode == 2 and "--overwrite" in res.stderr and "Traceback" not in res.stderr

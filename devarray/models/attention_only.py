@@ -283,11 +283,22 @@ def to_transformer_lens(model: AttentionOnlyTransformer) -> tuple[dict, dict[str
     c = model.cfg
     p = next(model.parameters())
     kwargs = {
-        "n_layers": c.n_layers, "d_model": c.d_model, "n_ctx": c.n_ctx, "d_head": c.d_head,
-        "n_heads": c.n_heads, "d_vocab": c.d_vocab, "d_vocab_out": c.d_vocab, "eps": c.eps,
-        "attn_only": True, "positional_embedding_type": "shortformer", "normalization_type": "LN",
-        "act_fn": None, "d_mlp": None, "initializer_range": c.weight_std,
-        "device": str(p.device), "dtype": p.dtype,
+        "n_layers": c.n_layers,
+        "d_model": c.d_model,
+        "n_ctx": c.n_ctx,
+        "d_head": c.d_head,
+        "n_heads": c.n_heads,
+        "d_vocab": c.d_vocab,
+        "d_vocab_out": c.d_vocab,
+        "eps": c.eps,
+        "attn_only": True,
+        "positional_embedding_type": "shortformer",
+        "normalization_type": "LN",
+        "act_fn": None,
+        "d_mlp": None,
+        "initializer_range": c.weight_std,
+        "device": str(p.device),
+        "dtype": p.dtype,
     }
     state = {n: t.detach().clone() for n, t in model.state_dict().items()}
     return kwargs, state
@@ -337,8 +348,13 @@ def from_transformer_lens(cfg_or_model, state_dict: dict[str, torch.Tensor] | No
 
     init = get("initializer_range", -1.0)
     cfg = AttentionOnlyConfig(
-        n_layers=get("n_layers"), d_vocab=get("d_vocab"), n_ctx=get("n_ctx"), d_model=get("d_model"),
-        n_heads=get("n_heads"), d_head=get("d_head"), eps=get("eps", 1e-5),
+        n_layers=get("n_layers"),
+        d_vocab=get("d_vocab"),
+        n_ctx=get("n_ctx"),
+        d_model=get("d_model"),
+        n_heads=get("n_heads"),
+        d_head=get("d_head"),
+        eps=get("eps", 1e-5),
         init_std=init if init is not None and init > 0 else None,
     )
     params = {n: t for n, t in state_dict.items() if n.rsplit(".", 1)[-1] not in _TL_BUFFERS}

@@ -76,7 +76,6 @@ class CausalSelfAttention(nn.Module):
         return self.out(y), attn
 
 
-
 class MLP(nn.Module):
     def __init__(self, cfg: RegressionConfig):
         super().__init__()

@@ -51,7 +51,6 @@ class ObservableSpec:
     task: str | None = None
 
 
-
 def cached(key: Hashable, fn: Callable[[], Any]) -> Any:
     """``fn()``, memoised under ``key`` for the rest of the current :func:`compute` call.
 
@@ -217,7 +216,9 @@ def _labelled(spec: ObservableSpec, result: xr.DataArray | xr.Dataset) -> xr.Dat
             )
         result = result.to_dataset(name=spec.variables[0].name)
     elif not isinstance(result, xr.Dataset):
-        raise TypeError(f"observable {spec.name!r} returned {type(result).__name__}, not an xarray DataArray or Dataset")
+        raise TypeError(
+            f"observable {spec.name!r} returned {type(result).__name__}, not an xarray DataArray or Dataset"
+        )
     declared = [v.name for v in spec.variables]
     if set(result.data_vars) != set(declared):
         raise ValueError(

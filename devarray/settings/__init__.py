@@ -11,7 +11,7 @@ new setting touches none of them.
 >>> model = s.build_model(store.config)
 """
 
-from devarray.settings.base import Evaluator, RunConfig, Setting, get, names, register, setting_for
 from devarray.settings import language, regression  # noqa: E402,F401  (importing registers "lm" and "lr")
+from devarray.settings.base import Evaluator, RunConfig, Setting, get, names, register, setting_for
 
 __all__ = ["Evaluator", "RunConfig", "Setting", "get", "names", "register", "setting_for"]

@@ -122,19 +122,29 @@ class Setting:
 
     @torch.no_grad()
     def attention(self, model: nn.Module, config: dict, seed: int = 0) -> xr.DataArray:
-        """The attention pattern of every head on the probe context, dims (layer, head, query,
-        key) — named query_pos and key_pos — with the token labels as coordinates; the model must accept ``return_attention``."""
+        """The attention pattern of every head on the probe context, dims (layer, head, query_pos,
+        key_pos) with the token labels as coordinates; the model must accept ``return_attention``."""
         tokens, labels = self.probe_context(config, seed)
         was_training = model.training
         model.eval()
         _, patterns = model(tokens, return_attention=True)
         model.train(was_training)
         a = torch.stack([p[0] for p in patterns]).double().numpy()  # (layer, head, query, key)
-        return xr.DataArray(a, dims=("layer", "head", "query_pos", "key_pos"),
-                            coords={"layer": np.arange(a.shape[0]), "head": np.arange(a.shape[1]),
-                                    "query_pos": labels, "key_pos": labels},
-                            attrs={"long_name": "attention weight", "units": "1",
-                                   "description": "Softmax attention of each query position on each key position."})
+        return xr.DataArray(
+            a,
+            dims=("layer", "head", "query_pos", "key_pos"),
+            coords={
+                "layer": np.arange(a.shape[0]),
+                "head": np.arange(a.shape[1]),
+                "query_pos": labels,
+                "key_pos": labels,
+            },
+            attrs={
+                "long_name": "attention weight",
+                "units": "1",
+                "description": "Softmax attention of each query position on each key position.",
+            },
+        )
 
     # ---------------------------------------------------------------- setting-specific checks
     def stage_report(self, stages: xr.Dataset, evaluation: xr.Dataset) -> str | None:
@@ -178,6 +188,8 @@ def setting_for(config: dict) -> Setting:
     if name is None:
         raise ConfigError("the run config names no setting; was it written by devarray?")
     if name not in _SETTINGS:
-        raise ConfigError(f"the run was written by setting {name!r}, which this devarray does not know "
-                          f"(known: {_known()}); upgrade devarray or install the package that registers it")
+        raise ConfigError(
+            f"the run was written by setting {name!r}, which this devarray does not know "
+            f"(known: {_known()}); upgrade devarray or install the package that registers it"
+        )
     return _SETTINGS[name]

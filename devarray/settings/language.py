@@ -74,29 +74,66 @@ def _model(**kw) -> AttentionOnlyConfig:
 
 
 PRESETS: dict[str, LMPreset] = {
-    "tiny": LMPreset(LMSchedule(num_steps=60, n_linear=6, n_log=8, batch_size=16, n_test=64),
-                     _model(d_vocab=64, n_ctx=32, d_model=32, n_heads=4, d_head=8, pos_init_std=1.0),
-                     LanguageConfig(vocab_size=64, n_ctx=32, n_words=8, successors=6, phrase_length=4)),
-    "quick": LMPreset(LMSchedule(num_steps=8000, n_linear=40, n_log=30, batch_size=32, n_test=256),
-                      _model(d_vocab=256, n_ctx=128, d_model=64, n_heads=4, d_head=16, pos_init_std=1.0),
-                      LanguageConfig(vocab_size=256, n_ctx=128, n_words=32)),
-    "paper": LMPreset(LMSchedule(num_steps=50_000, n_linear=501, n_log=100),
-                      _model(), LanguageConfig(vocab_size=5000, n_ctx=1024)),
+    "tiny": LMPreset(
+        LMSchedule(num_steps=60, n_linear=6, n_log=8, batch_size=16, n_test=64),
+        _model(d_vocab=64, n_ctx=32, d_model=32, n_heads=4, d_head=8, pos_init_std=1.0),
+        LanguageConfig(vocab_size=64, n_ctx=32, n_words=8, successors=6, phrase_length=4),
+    ),
+    "quick": LMPreset(
+        LMSchedule(num_steps=8000, n_linear=40, n_log=30, batch_size=32, n_test=256),
+        _model(d_vocab=256, n_ctx=128, d_model=64, n_heads=4, d_head=16, pos_init_std=1.0),
+        LanguageConfig(vocab_size=256, n_ctx=128, n_words=32),
+    ),
+    "paper": LMPreset(
+        LMSchedule(num_steps=50_000, n_linear=501, n_log=100), _model(), LanguageConfig(vocab_size=5000, n_ctx=1024)
+    ),
 }
 
 _M = 100  # A.3.1's SGLD batch
 LLC_PRESETS = {
     2: {
-        "paper": LLCPreset(dataset_size=100_000, batch_size=_M, num_chains=20, num_draws=200, num_burnin_steps=0,
-                           epsilon=1e-3, beta_tilde=1e-3 * _M / np.log(_M) / 2, gamma_tilde=1e-3 * 100 / 2),
-        "quick": LLCPreset(dataset_size=4096, batch_size=32, num_chains=8, num_draws=120, num_burnin_steps=40,
-                           epsilon=1e-3, beta_tilde=1e-3 * 32 / np.log(32) / 2, gamma_tilde=1e-3 * 100 / 2),
+        "paper": LLCPreset(
+            dataset_size=100_000,
+            batch_size=_M,
+            num_chains=20,
+            num_draws=200,
+            num_burnin_steps=0,
+            epsilon=1e-3,
+            beta_tilde=1e-3 * _M / np.log(_M) / 2,
+            gamma_tilde=1e-3 * 100 / 2,
+        ),
+        "quick": LLCPreset(
+            dataset_size=4096,
+            batch_size=32,
+            num_chains=8,
+            num_draws=120,
+            num_burnin_steps=40,
+            epsilon=1e-3,
+            beta_tilde=1e-3 * 32 / np.log(32) / 2,
+            gamma_tilde=1e-3 * 100 / 2,
+        ),
     },
     1: {
-        "paper": LLCPreset(dataset_size=100_000, batch_size=_M, num_chains=20, num_draws=200, num_burnin_steps=0,
-                           epsilon=3e-3, beta_tilde=3e-3 * _M / np.log(_M) / 2, gamma_tilde=3e-3 * 300 / 2),
-        "quick": LLCPreset(dataset_size=4096, batch_size=32, num_chains=8, num_draws=120, num_burnin_steps=40,
-                           epsilon=3e-3, beta_tilde=3e-3 * 32 / np.log(32) / 2, gamma_tilde=3e-3 * 300 / 2),
+        "paper": LLCPreset(
+            dataset_size=100_000,
+            batch_size=_M,
+            num_chains=20,
+            num_draws=200,
+            num_burnin_steps=0,
+            epsilon=3e-3,
+            beta_tilde=3e-3 * _M / np.log(_M) / 2,
+            gamma_tilde=3e-3 * 300 / 2,
+        ),
+        "quick": LLCPreset(
+            dataset_size=4096,
+            batch_size=32,
+            num_chains=8,
+            num_draws=120,
+            num_burnin_steps=40,
+            epsilon=3e-3,
+            beta_tilde=3e-3 * 32 / np.log(32) / 2,
+            gamma_tilde=3e-3 * 300 / 2,
+        ),
     },
 }
 
@@ -135,8 +172,12 @@ class LanguageRun:
             "schedule": asdict(self.schedule),
             "model": self.model.to_dict(),
             "data": self.data,
-            "optimizer": {"name": "AdamW", "betas": [0.9, 0.999], "weight_decay": self.schedule.weight_decay,
-                          "scheduler": None},
+            "optimizer": {
+                "name": "AdamW",
+                "betas": [0.9, 0.999],
+                "weight_decay": self.schedule.weight_decay,
+                "scheduler": None,
+            },
         }
 
 
@@ -151,8 +192,10 @@ def _source(data_json: str, seed: int) -> TokenSource:
     from devarray.tasks.corpus import CorpusSource, tokenizer_hash
 
     if not Path(data["contexts"], "corpus.json").exists():
-        raise ConfigError(f"the run's tokenised corpus {data['contexts']} is missing; train again with the same "
-                          "--corpus to rebuild it")
+        raise ConfigError(
+            f"the run's tokenised corpus {data['contexts']} is missing; train again with the same "
+            "--corpus to rebuild it"
+        )
     source = CorpusSource.load(data["contexts"])
     if tokenizer_hash(source.tokenizer) != data["tokenizer_sha256"]:
         raise ConfigError(f"{data['contexts']} holds other tokens than this run was trained on (tokenizer hash)")
@@ -177,24 +220,41 @@ def build_corpus(corpus: str, tokenizer: str | None, vocab_size: int, n_ctx: int
     of its rows, in the paper's order), training a BPE tokenizer of ``vocab_size`` on the
     training rows when none is given (a byte-level BPE has at least 258 tokens: the model's
     vocabulary follows the tokenizer's size); returns the run's data config."""
-    from devarray.tasks.corpus import (CorpusSource, CorpusSplits, load_corpus, load_tokenizer, train_tokenizer,
-                                       tokenizer_hash)
+    from devarray.tasks.corpus import (
+        CorpusSource,
+        CorpusSplits,
+        load_corpus,
+        load_tokenizer,
+        tokenizer_hash,
+        train_tokenizer,
+    )
 
     rows = load_corpus(corpus, streaming=False)
     column = next((c for c in ("text", "contents") if c in rows.column_names), None)
     if column is None:
-        raise ConfigError(f"corpus {corpus} has no 'text' or 'contents' column (columns: {rows.column_names})",
-                          argument="corpus")
+        raise ConfigError(
+            f"corpus {corpus} has no 'text' or 'contents' column (columns: {rows.column_names})", argument="corpus"
+        )
     n = len(rows)
     n_held = max(1, n // 20)
     if n - 2 * n_held < 1:
         raise ConfigError(f"corpus {corpus} has {n} rows, too few for train, SGLD and test slices", argument="corpus")
     splits = CorpusSplits.contiguous(corpus, n - 2 * n_held, n_held, n_held, text_column=column)
-    tok = load_tokenizer(tokenizer) if tokenizer else train_tokenizer(rows.select(range(n - 2 * n_held))[column],
-                                                                      vocab_size)
+    tok = (
+        load_tokenizer(tokenizer)
+        if tokenizer
+        else train_tokenizer(rows.select(range(n - 2 * n_held))[column], vocab_size)
+    )
     CorpusSource.build(splits, tok, n_ctx, seed=seed).save(out)
-    return {"source": "corpus", "corpus": str(corpus), "tokenizer": tokenizer, "contexts": str(out),
-            "tokenizer_sha256": tokenizer_hash(tok), "text_column": column, "vocab_size": tok.get_vocab_size()}
+    return {
+        "source": "corpus",
+        "corpus": str(corpus),
+        "tokenizer": tokenizer,
+        "contexts": str(out),
+        "tokenizer_sha256": tokenizer_hash(tok),
+        "text_column": column,
+        "vocab_size": tok.get_vocab_size(),
+    }
 
 
 def next_token_loss(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -212,8 +272,10 @@ class LanguageEvaluator:
         self.coords = {"k": np.arange(1, n_ctx)}
         self.attrs = {}
         if isinstance(source, SyntheticLanguage):  # the exact reference levels of LM1 (C.1.1)
-            self.attrs = {"bigram_entropy": float(source.bigram_entropy(n_ctx)),
-                          "unigram_entropy": float(source.unigram_entropy(n_ctx))}
+            self.attrs = {
+                "bigram_entropy": float(source.bigram_entropy(n_ctx)),
+                "unigram_entropy": float(source.unigram_entropy(n_ctx)),
+            }
 
     @torch.no_grad()
     def __call__(self, model) -> dict[str, np.ndarray]:
@@ -224,8 +286,11 @@ class LanguageEvaluator:
             per_k += ce.double().sum(0)
         per_k /= len(self.tokens)
         norm = torch.sqrt(sum((p.double() ** 2).sum() for p in model.parameters()))
-        return {"test_loss": per_k.mean().float().numpy(), "test_loss_k": per_k.float().numpy(),
-                "weight_norm": norm.float().numpy()}
+        return {
+            "test_loss": per_k.mean().float().numpy(),
+            "test_loss_k": per_k.float().numpy(),
+            "weight_norm": norm.float().numpy(),
+        }
 
 
 @dataclass(frozen=True, eq=False)
@@ -239,8 +304,11 @@ class LanguageProbe:
     data: LanguageProbeData | None = None
 
     def attrs(self) -> dict:
-        return {"probe_seed": self.seed, "probe_n": int(self.tokens.shape[0]),
-                **(self.data.attrs() if self.data is not None else {})}
+        return {
+            "probe_seed": self.seed,
+            "probe_n": int(self.tokens.shape[0]),
+            **(self.data.attrs() if self.data is not None else {}),
+        }
 
 
 class LanguageSetting(Setting):
@@ -256,10 +324,16 @@ class LanguageSetting(Setting):
         "lr": {"flag": "--lr", "type": float, "help": "override the learning rate"},
         "batch_size": {"flag": "--batch-size", "type": int, "help": "override the batch size"},
         "n_layers": {"flag": "--layers", "type": int, "help": "attention-only layers, 1 or 2 (default 2)"},
-        "corpus": {"flag": "--corpus", "type": str,
-                   "help": "hub dataset name or local .txt/.jsonl/.parquet files (default: the synthetic language)"},
-        "tokenizer": {"flag": "--tokenizer", "type": str,
-                      "help": "tokenizer.json for --corpus (default: train a BPE tokenizer of the model's vocabulary)"},
+        "corpus": {
+            "flag": "--corpus",
+            "type": str,
+            "help": "hub dataset name or local .txt/.jsonl/.parquet files (default: the synthetic language)",
+        },
+        "tokenizer": {
+            "flag": "--tokenizer",
+            "type": str,
+            "help": "tokenizer.json for --corpus (default: train a BPE tokenizer of the model's vocabulary)",
+        },
     }
 
     @property
@@ -287,13 +361,17 @@ class LanguageSetting(Setting):
         model = p.model
         if "n_layers" in given:
             if given["n_layers"] not in (1, 2):
-                raise ConfigError(f"n_layers must be 1 or 2 (appendix E, F.1), got {given['n_layers']}",
-                                  argument="n_layers")
+                raise ConfigError(
+                    f"n_layers must be 1 or 2 (appendix E, F.1), got {given['n_layers']}", argument="n_layers"
+                )
             model = replace(model, n_layers=given["n_layers"])
         if "tokenizer" in given and "corpus" not in given:
             raise ConfigError("tokenizer needs a corpus to tokenise; pass corpus too", argument="tokenizer")
-        data = {"source": "synthetic", **p.language.to_dict()} if "corpus" not in given else {
-            "source": "corpus", "corpus": given["corpus"], "tokenizer": given.get("tokenizer")}
+        data = (
+            {"source": "synthetic", **p.language.to_dict()}
+            if "corpus" not in given
+            else {"source": "corpus", "corpus": given["corpus"], "tokenizer": given.get("tokenizer")}
+        )
         data.pop("seed", None)  # the language's seed is the run's
         return LanguageRun(seed=seed, preset=preset, schedule=replace(p.schedule, **sched), model=model, data=data)
 
@@ -307,11 +385,22 @@ class LanguageSetting(Setting):
 
             tok = CorpusSource.load(out).tokenizer
             column = next(c for c in ("text", "contents") if c in load_corpus(config.data["corpus"]).column_names)
-            data = {**config.data, "contexts": str(out), "tokenizer_sha256": tokenizer_hash(tok),
-                    "text_column": column, "vocab_size": tok.get_vocab_size()}
+            data = {
+                **config.data,
+                "contexts": str(out),
+                "tokenizer_sha256": tokenizer_hash(tok),
+                "text_column": column,
+                "vocab_size": tok.get_vocab_size(),
+            }
         else:
-            data = build_corpus(config.data["corpus"], config.data["tokenizer"], config.model.d_vocab,
-                                config.model.n_ctx, out, config.seed)
+            data = build_corpus(
+                config.data["corpus"],
+                config.data["tokenizer"],
+                config.model.d_vocab,
+                config.model.n_ctx,
+                out,
+                config.seed,
+            )
         return replace(config, data=data, model=replace(config.model, d_vocab=data["vocab_size"]))
 
     def build_model(self, config: dict) -> AttentionOnlyTransformer:
@@ -381,10 +470,15 @@ def lm_stage_check(stages: xr.Dataset, evaluation: xr.Dataset) -> dict:
     b = stages.boundary_step.values.astype(int)
     icl = icl_score(evaluation)
     above = np.flatnonzero(icl.values >= -0.1)
-    formed = icl.step[above[-1] + 1:] if above.size else icl.step
-    out |= {"bigram_entropy": h2, "unigram_entropy": h1, "boundary_step": int(b[0]),
-            "loss_at_boundary": float(loss.sel(step=b[0], method="nearest")),
-            "induction_step": int(formed[0]) if formed.size else None, "final_icl_score": float(icl[-1])}
+    formed = icl.step[above[-1] + 1 :] if above.size else icl.step
+    out |= {
+        "bigram_entropy": h2,
+        "unigram_entropy": h1,
+        "boundary_step": int(b[0]),
+        "loss_at_boundary": float(loss.sel(step=b[0], method="nearest")),
+        "induction_step": int(formed[0]) if formed.size else None,
+        "final_icl_score": float(icl[-1]),
+    }
     out["bigram_ok"] = abs(out["loss_at_boundary"] - h2) <= 0.2 * (h1 - h2)
     if out["induction_step"] is not None:
         later = b[1:]
@@ -397,13 +491,18 @@ def lm_stage_check(stages: xr.Dataset, evaluation: xr.Dataset) -> dict:
 def lm_stage_report(c: dict) -> str | None:
     if "boundary_step" not in c:
         return None
-    first = (f"first boundary at step {c['boundary_step']}: test loss {c['loss_at_boundary']:.3f}, bigram entropy "
-             f"{c['bigram_entropy']:.3f} (unigram {c['unigram_entropy']:.3f}) — "
-             + ("bigram statistics learned (end of LM1)" if c["bigram_ok"] else "NOT the end of LM1"))
+    first = (
+        f"first boundary at step {c['boundary_step']}: test loss {c['loss_at_boundary']:.3f}, bigram entropy "
+        f"{c['bigram_entropy']:.3f} (unigram {c['unigram_entropy']:.3f}) — "
+        + ("bigram statistics learned (end of LM1)" if c["bigram_ok"] else "NOT the end of LM1")
+    )
     if c["induction_step"] is None:
         return first + f"; no induction yet (ICL score {c['final_icl_score']:.3f} at the end)"
-    where = (f"a boundary at step {c['induction_boundary']}" if c.get("induction_boundary") is not None
-             else "no boundary near it")
+    where = (
+        f"a boundary at step {c['induction_boundary']}"
+        if c.get("induction_boundary") is not None
+        else "no boundary near it"
+    )
     return first + f"; induction forms at step {c['induction_step']} (ICL score < −0.1), {where}"
 
 

@@ -25,10 +25,10 @@ import torch
 import xarray as xr
 from torch import nn
 
-from devarray.schedules import checkpoint_schedule
 from devarray.errors import ConfigError
 from devarray.models.regression import RegressionConfig, RegressionTransformer
 from devarray.observables.regression.probes import make_probe
+from devarray.schedules import checkpoint_schedule
 from devarray.slt.presets import LLCPreset
 from devarray.tasks.regression import RegressionTask, mse_loss, per_position_mse, ridge_predict
 
@@ -55,10 +55,26 @@ PRESETS: dict[str, Schedule] = {
 }
 
 LLC_PRESETS: dict[str, LLCPreset] = {
-    "paper": LLCPreset(dataset_size=2**20, batch_size=1024, num_chains=10, num_draws=4000, num_burnin_steps=1000,
-                       epsilon=3e-4, beta_tilde=0.01, gamma_tilde=0.01),
-    "quick": LLCPreset(dataset_size=2**13, batch_size=64, num_chains=4, num_draws=120, num_burnin_steps=40,
-                       epsilon=3e-3, beta_tilde=0.023, gamma_tilde=0.03),
+    "paper": LLCPreset(
+        dataset_size=2**20,
+        batch_size=1024,
+        num_chains=10,
+        num_draws=4000,
+        num_burnin_steps=1000,
+        epsilon=3e-4,
+        beta_tilde=0.01,
+        gamma_tilde=0.01,
+    ),
+    "quick": LLCPreset(
+        dataset_size=2**13,
+        batch_size=64,
+        num_chains=4,
+        num_draws=120,
+        num_burnin_steps=40,
+        epsilon=3e-3,
+        beta_tilde=0.023,
+        gamma_tilde=0.03,
+    ),
 }
 
 # paper: B.5's PyHessian budget on m = 1,024; quick: enough for the demo's curve shape in seconds
@@ -88,8 +104,9 @@ class RegressionRun:
 
     @property
     def task(self) -> RegressionTask:
-        return RegressionTask(D=self.model.D, K=self.model.K, noise_var=self.noise_var,
-                              num_tasks=self.num_tasks, seed=self.seed)
+        return RegressionTask(
+            D=self.model.D, K=self.model.K, noise_var=self.noise_var, num_tasks=self.num_tasks, seed=self.seed
+        )
 
     def checkpoints(self) -> np.ndarray:
         s = self.schedule
@@ -103,8 +120,14 @@ class RegressionRun:
             "schedule": asdict(self.schedule),
             "model": self.model.to_dict(),
             "task": self.task.to_dict(),
-            "optimizer": {"name": "Adam", "betas": [0.9, 0.999], "weight_decay": 0.0,
-                          "scheduler": "OneCycleLR", "anneal_strategy": "linear", "cycle_momentum": False},
+            "optimizer": {
+                "name": "Adam",
+                "betas": [0.9, 0.999],
+                "weight_decay": 0.0,
+                "scheduler": "OneCycleLR",
+                "anneal_strategy": "linear",
+                "cycle_momentum": False,
+            },
         }
 
 
@@ -133,8 +156,10 @@ class RegressionEvaluator:
         ridge = ridge_predict(x, self.y, task.noise_var)
         self.coords = {"k": np.arange(1, task.K + 1)}
         # the reference levels of LR1 (the zero predictor, D + σ² in expectation) and of perfect ICL
-        self.attrs = {"zero_predictor_loss": float((self.y**2).mean()),
-                      "ridge_loss": float(((ridge - self.y) ** 2).mean())}
+        self.attrs = {
+            "zero_predictor_loss": float((self.y**2).mean()),
+            "ridge_loss": float(((ridge - self.y) ** 2).mean()),
+        }
 
     @torch.no_grad()
     def __call__(self, model) -> dict[str, np.ndarray]:
@@ -189,8 +214,9 @@ class RegressionSetting(Setting):
         return RegressionTransformer(RegressionConfig(**config["model"]))
 
     def optimizer(self, model: nn.Module, config: dict) -> torch.optim.Adam:
-        return torch.optim.Adam(model.parameters(), lr=self.learning_rate(0, config), betas=(0.9, 0.999),
-                                weight_decay=0.0)
+        return torch.optim.Adam(
+            model.parameters(), lr=self.learning_rate(0, config), betas=(0.9, 0.999), weight_decay=0.0
+        )
 
     def learning_rate(self, step: int, config: dict) -> float:
         return onecycle_lr(step, self.schedule(config))
@@ -255,7 +281,8 @@ def lr1_lr2_check(stages: xr.Dataset, evaluation: xr.Dataset) -> dict:
     out["ok"] = (
         abs(out["loss_at_boundary"] - zero) <= 0.05 * zero
         and out["min_loss_before"] >= 0.95 * zero
-        and out["first_step_below"] is not None and b < out["first_step_below"] <= end
+        and out["first_step_below"] is not None
+        and b < out["first_step_below"] <= end
         and out["final_loss"] < 0.8 * zero
     )
     return out
@@ -266,9 +293,11 @@ def lr1_lr2_report(c: dict) -> str:
     if "boundary_step" not in c:
         return "no stage boundary found on this LLC curve"
     verdict = "the end of LR1 (LR1 -> LR2)" if c["ok"] else "NOT the LR1 -> LR2 transition"
-    return (f"first boundary at step {c['boundary_step']} ({c['boundary_kind']}) is {verdict}: test loss "
-            f"{c['loss_at_boundary']:.3f} there, zero predictor {c['zero_predictor_loss']:.3f}; below 95% of it "
-            f"from step {c['first_step_below']}, {c['final_loss']:.3f} at the end")
+    return (
+        f"first boundary at step {c['boundary_step']} ({c['boundary_kind']}) is {verdict}: test loss "
+        f"{c['loss_at_boundary']:.3f} there, zero predictor {c['zero_predictor_loss']:.3f}; below 95% of it "
+        f"from step {c['first_step_below']}, {c['final_loss']:.3f} at the end"
+    )
 
 
 register(RegressionSetting())

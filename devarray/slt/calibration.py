@@ -17,8 +17,8 @@ the largest β whose nβ is at most the default m / log m (A.4.1).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from itertools import product
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -29,8 +29,22 @@ from .diagnostics import LLCDiagnosticWarning
 from .llc import estimate_llc
 from .sgld import LossFn, default_nbeta, sgld_settings
 
-_GRID_VARS = ("loss", "llc_trace", "llc_trace_mean", "init_loss", "llc_mean", "llc_std", "llc_per_chain",
-              "diverged", "diverged_step", "not_converged", "escaped", "llc_drift", "llc_drift_z", "llc_ess")
+_GRID_VARS = (
+    "loss",
+    "llc_trace",
+    "llc_trace_mean",
+    "init_loss",
+    "llc_mean",
+    "llc_std",
+    "llc_per_chain",
+    "diverged",
+    "diverged_step",
+    "not_converged",
+    "escaped",
+    "llc_drift",
+    "llc_drift_z",
+    "llc_ess",
+)
 
 
 def _axis(name_a: str, a, name_b: str, b, what: str, default=None) -> tuple[str, list[float]]:
@@ -90,10 +104,25 @@ def calibrate(
 
     results = []
     for e, b, g in points:
-        settings = sgld_settings(epsilon=e, **{b_name: b, g_name: g}, batch_size=batch_size, num_chains=num_chains,
-                                 num_draws=num_draws, num_burnin_steps=num_burnin_steps)
-        ds = estimate_llc(model, loss_fn, dataset, settings, seed=seed, method=method,
-                          init_loss_rows=init_loss_rows, warn=False, **diagnostic_kwargs)
+        settings = sgld_settings(
+            epsilon=e,
+            **{b_name: b, g_name: g},
+            batch_size=batch_size,
+            num_chains=num_chains,
+            num_draws=num_draws,
+            num_burnin_steps=num_burnin_steps,
+        )
+        ds = estimate_llc(
+            model,
+            loss_fn,
+            dataset,
+            settings,
+            seed=seed,
+            method=method,
+            init_loss_rows=init_loss_rows,
+            warn=False,
+            **diagnostic_kwargs,
+        )
         results.append(ds)
 
     first = results[0]
@@ -101,18 +130,34 @@ def calibrate(
     for name in _GRID_VARS:
         stacked = np.stack([r[name].values for r in results]).reshape(shape + first[name].shape)
         grid[name] = (dims + first[name].dims, stacked, first[name].attrs)
-    settings_grid = {k: np.array([r.attrs[k] for r in results]).reshape(shape)
-                     for k in ("nbeta", "beta_tilde", "localization", "gamma_tilde")}
+    settings_grid = {
+        k: np.array([r.attrs[k] for r in results]).reshape(shape)
+        for k in ("nbeta", "beta_tilde", "localization", "gamma_tilde")
+    }
     for k, v in settings_grid.items():
         if k not in dims:
             long = {"nbeta": "nβ", "beta_tilde": "β̃ = εnβ/2", "localization": "γ", "gamma_tilde": "γ̃ = εγ/2"}[k]
             grid[k] = (dims, v, {"long_name": long, "units": "1", "description": f"{long} at each grid point (A.4.3)."})
     coords = {
         "epsilon": ("epsilon", eps_values, {"long_name": "ε", "units": "1", "description": "SGLD step size."}),
-        b_name: (b_name, b_values, {"long_name": {"nbeta": "nβ", "beta_tilde": "β̃"}[b_name], "units": "1",
-                                    "description": "Inverse temperature times n (nβ) or β̃ = εnβ/2 (A.4.3)."}),
-        g_name: (g_name, g_values, {"long_name": {"localization": "γ", "gamma_tilde": "γ̃"}[g_name], "units": "1",
-                                    "description": "Localization strength γ or γ̃ = εγ/2 (A.4.3)."}),
+        b_name: (
+            b_name,
+            b_values,
+            {
+                "long_name": {"nbeta": "nβ", "beta_tilde": "β̃"}[b_name],
+                "units": "1",
+                "description": "Inverse temperature times n (nβ) or β̃ = εnβ/2 (A.4.3).",
+            },
+        ),
+        g_name: (
+            g_name,
+            g_values,
+            {
+                "long_name": {"localization": "γ", "gamma_tilde": "γ̃"}[g_name],
+                "units": "1",
+                "description": "Localization strength γ or γ̃ = εγ/2 (A.4.3).",
+            },
+        ),
         "chain": first["chain"],
         "draw": first["draw"],
     }
@@ -120,25 +165,44 @@ def calibrate(
     converged = ~(out["diverged"].any("chain") | out["not_converged"].any("chain"))
     acceptable = converged & ~out["escaped"].any("chain")
     out["acceptable"] = acceptable.assign_attrs(
-        long_name="acceptable setting", units="1",
-        description="No chain diverged, failed to converge or escaped at this grid point (A.4.3).")
-    keep = ("batch_size", "num_chains", "num_draws", "num_burnin_steps", "num_steps", "num_params", "dataset_size",
-            "init_loss_rows", "seed", "method", "divergence_threshold", "drift_threshold", "drift_z", "min_ess")
+        long_name="acceptable setting",
+        units="1",
+        description="No chain diverged, failed to converge or escaped at this grid point (A.4.3).",
+    )
+    keep = (
+        "batch_size",
+        "num_chains",
+        "num_draws",
+        "num_burnin_steps",
+        "num_steps",
+        "num_params",
+        "dataset_size",
+        "init_loss_rows",
+        "seed",
+        "method",
+        "divergence_threshold",
+        "drift_threshold",
+        "drift_z",
+        "min_ess",
+    )
     out.attrs = {k: first.attrs[k] for k in keep} | recommend(out, converged, acceptable, batch_size)
     if label is not None:
         out.attrs["label"] = label
     if not np.isfinite(out.attrs["recommended_epsilon"]):
         where = f" at {label}" if label else ""
-        warnings.warn(f"calibration{where}: no grid point converged without divergence, escape or "
-                      f"non-convergence; widen the grid", LLCDiagnosticWarning, stacklevel=2)
+        warnings.warn(
+            f"calibration{where}: no grid point converged without divergence, escape or "
+            f"non-convergence; widen the grid",
+            LLCDiagnosticWarning,
+            stacklevel=2,
+        )
     return out
 
 
 def recommend(grid: xr.Dataset, converged: xr.DataArray, acceptable: xr.DataArray, batch_size: int) -> dict:
     """The A.4.3 rule of thumb on a calibration grid, as ``recommended_*`` attrs (NaN if none)."""
     _, b_name, g_name = converged.dims
-    nan = {f"recommended_{k}": float("nan")
-           for k in ("epsilon", "nbeta", "beta_tilde", "localization", "gamma_tilde")}
+    nan = {f"recommended_{k}": float("nan") for k in ("epsilon", "nbeta", "beta_tilde", "localization", "gamma_tilde")}
     ok_eps = converged.any((b_name, g_name))
     if not ok_eps.any():
         return nan
@@ -151,5 +215,7 @@ def recommend(grid: xr.Dataset, converged: xr.DataArray, acceptable: xr.DataArra
     g = float(grid[g_name][ok_g.values].min())
     b = float(grid[b_name][at_eps.sel({g_name: g}).values].max())
     point = {"epsilon": eps, b_name: b, g_name: g}
-    return {f"recommended_{k}": float(grid[k].sel({d: point[d] for d in grid[k].dims}))
-            for k in ("epsilon", "nbeta", "beta_tilde", "localization", "gamma_tilde")}
+    return {
+        f"recommended_{k}": float(grid[k].sel({d: point[d] for d in grid[k].dims}))
+        for k in ("epsilon", "nbeta", "beta_tilde", "localization", "gamma_tilde")
+    }

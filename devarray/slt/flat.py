@@ -8,7 +8,7 @@ that space through ``torch.func.functional_call``, so ``torch.func`` transforms 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

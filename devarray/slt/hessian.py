@@ -106,12 +106,15 @@ def hessian_stats(
 
     Defaults follow PyHessian's budget (100 probes for the trace). For the top eigenvalues of the
     51,717-parameter regression model (200 Adam steps in, 256 contexts) 32, 64 and 128 Lanczos
-    steps agree to 8 digits; 64 leaves room for checkpoints with closer eigenvalues. Returns ``trace``, ``trace_sem`` and ``top_eigenvalues`` over ``eig`` (0 =
+    steps agree to 8 digits; 64 leaves room for checkpoints with closer eigenvalues.
+    Returns ``trace``, ``trace_sem`` and ``top_eigenvalues`` over ``eig`` (0 =
     largest), settings in attrs."""
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     if num_lanczos < top_k:
-        raise ValueError(f"num_lanczos={num_lanczos} Lanczos steps give at most that many eigenvalues; use at least top_k={top_k}")
+        raise ValueError(
+            f"num_lanczos={num_lanczos} Lanczos steps give at most that many eigenvalues; use at least top_k={top_k}"
+        )
     hvp, dim = hessian_vector_product(model, loss_fn, batch)
     dtype = next(model.parameters()).dtype
     trace, sem = hutchinson_trace(hvp, dim, num_probes, torch.Generator().manual_seed(seed), dtype)
@@ -120,8 +123,11 @@ def hessian_stats(
     top[: min(top_k, len(ritz))] = ritz[:top_k]
     cf = lambda name: schemas.attrs("hessian", name)  # noqa: E731  (the one source of the metadata)
     return xr.Dataset(
-        {"trace": ((), trace, cf("trace")), "trace_sem": ((), sem, cf("trace_sem")),
-         "top_eigenvalues": ("eig", top, cf("top_eigenvalues"))},
+        {
+            "trace": ((), trace, cf("trace")),
+            "trace_sem": ((), sem, cf("trace_sem")),
+            "top_eigenvalues": ("eig", top, cf("top_eigenvalues")),
+        },
         coords={"eig": ("eig", np.arange(top_k), cf("eig"))},
         attrs={
             "description": "Curvature of the loss on a fixed batch (paper appendix B.5).",

@@ -15,7 +15,7 @@ conventions (dimensions ``chain`` and ``draw``), so ``arviz.rhat``/``arviz.ess``
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,14 @@ from torch import nn
 
 from devarray import schemas
 
-from .diagnostics import DRIFT_THRESHOLD, DRIFT_Z, MIN_ESS, chain_diagnostics, default_divergence_threshold, warn_unhealthy
+from .diagnostics import (
+    DRIFT_THRESHOLD,
+    DRIFT_Z,
+    MIN_ESS,
+    chain_diagnostics,
+    default_divergence_threshold,
+    warn_unhealthy,
+)
 from .sgld import LossFn, SGLDSettings, check_dataset, run_chains, sgld_settings
 
 
@@ -88,8 +95,9 @@ def llc_dataset(
     nb = settings.nbeta
     per_chain = llc_per_chain(loss, init, nb)
     trace = llc_trace(loss, init, nb)
-    d = chain_diagnostics(nb * (loss - init), per_chain, diverged_step, drift_threshold=drift_threshold,
-                          drift_z=drift_z, min_ess=min_ess)
+    d = chain_diagnostics(
+        nb * (loss - init), per_chain, diverged_step, drift_threshold=drift_threshold, drift_z=drift_z, min_ess=min_ess
+    )
     ok = ~d["diverged"]
     mean = float(per_chain[ok].mean()) if ok.any() else np.nan
     std = float(per_chain[ok].std()) if ok.any() else np.nan
@@ -160,19 +168,43 @@ def estimate_llc(
     if settings is None:
         settings = sgld_settings(**sampler_kwargs)
     elif sampler_kwargs:
-        raise ValueError(f"give sampler settings either as an SGLDSettings or as keywords, not both: {sorted(sampler_kwargs)}")
+        raise ValueError(
+            f"give sampler settings either as an SGLDSettings or as keywords, not both: {sorted(sampler_kwargs)}"
+        )
     n = check_dataset(dataset, settings.batch_size)
     rows = n if init_loss_rows is None else init_loss_rows
     init = init_loss(model, loss_fn, dataset, rows, chunk=max(settings.batch_size, 1024))
     num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     limit = default_divergence_threshold(num_params) if divergence_threshold is None else divergence_threshold
-    samples = run_chains(model, loss_fn, dataset, settings, seed=seed, method=method, compile=compile,
-                         progress=progress, loss_limit=init + limit / settings.nbeta)
+    samples = run_chains(
+        model,
+        loss_fn,
+        dataset,
+        settings,
+        seed=seed,
+        method=method,
+        compile=compile,
+        progress=progress,
+        loss_limit=init + limit / settings.nbeta,
+    )
     kept = samples.loss[:, settings.num_burnin_steps :].numpy()
-    ds = llc_dataset(kept, init, settings, samples.diverged_step.numpy(), drift_threshold=drift_threshold,
-                     drift_z=drift_z, min_ess=min_ess)
-    ds.attrs |= {"num_params": num_params, "divergence_threshold": limit, "dataset_size": n, "init_loss_rows": rows,
-                 "seed": seed, "method": samples.method}
+    ds = llc_dataset(
+        kept,
+        init,
+        settings,
+        samples.diverged_step.numpy(),
+        drift_threshold=drift_threshold,
+        drift_z=drift_z,
+        min_ess=min_ess,
+    )
+    ds.attrs |= {
+        "num_params": num_params,
+        "divergence_threshold": limit,
+        "dataset_size": n,
+        "init_loss_rows": rows,
+        "seed": seed,
+        "method": samples.method,
+    }
     if label is not None:
         ds.attrs["label"] = label
     if warn:

@@ -29,13 +29,13 @@ import copy
 import math
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import grad_and_value, vmap
 
 from ..seeding import derive_seed
 from .flat import FlatLoss, LossFn
@@ -117,7 +117,9 @@ def sgld_settings(
     """
     eps = _one_of("step sizes (epsilon, lr)", epsilon=epsilon, lr=lr)
     gam = _one_of("localizations (gamma, localization)", gamma=gamma, localization=localization)
-    for name, value in dict(epsilon=eps, nbeta=nbeta, beta_tilde=beta_tilde, localization=gam, gamma_tilde=gamma_tilde).items():
+    for name, value in dict(
+        epsilon=eps, nbeta=nbeta, beta_tilde=beta_tilde, localization=gam, gamma_tilde=gamma_tilde
+    ).items():
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a finite non-negative number, got {value}")
 
@@ -142,12 +144,17 @@ def sgld_settings(
     if gam is None:
         raise ValueError("give a localization strength: localization (γ, also 'gamma') or gamma_tilde (γ̃ = εγ/2)")
 
-    for name, value, low in (("batch_size", batch_size, 1), ("num_chains", num_chains, 1),
-                             ("num_draws", num_draws, 1), ("num_burnin_steps", num_burnin_steps, 0)):
+    for name, value, low in (
+        ("batch_size", batch_size, 1),
+        ("num_chains", num_chains, 1),
+        ("num_draws", num_draws, 1),
+        ("num_burnin_steps", num_burnin_steps, 0),
+    ):
         if int(value) != value or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value}")
-    return SGLDSettings(float(eps), float(nbeta), float(gam), int(batch_size), int(num_chains),
-                        int(num_draws), int(num_burnin_steps))
+    return SGLDSettings(
+        float(eps), float(nbeta), float(gam), int(batch_size), int(num_chains), int(num_draws), int(num_burnin_steps)
+    )
 
 
 def check_dataset(dataset: Sequence[torch.Tensor], batch_size: int) -> int:
@@ -368,7 +375,9 @@ def run_chains(
             else:
                 grad, loss = torch.zeros_like(w), torch.full((C,), float("nan"), device=device, dtype=dtype)
                 live = alive.nonzero().flatten().tolist()
-                results = pool.map(chain_grad, live, [batch] * len(live)) if pool else (chain_grad(c, batch) for c in live)
+                results = (
+                    pool.map(chain_grad, live, [batch] * len(live)) if pool else (chain_grad(c, batch) for c in live)
+                )
                 for c, (g, ell) in zip(live, results):
                     grad[c], loss[c] = g, ell
             # A chain's offending loss is kept; from then on it is frozen and records NaN.

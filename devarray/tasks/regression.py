@@ -15,8 +15,16 @@ import torch
 
 from ..seeding import derive_seed, generator
 
-__all__ = ["Batch", "RegressionTask", "derive_seed", "generator", "mse_loss", "per_position_mse", "ridge_predict",
-           "tokenize"]
+__all__ = [
+    "Batch",
+    "RegressionTask",
+    "derive_seed",
+    "generator",
+    "mse_loss",
+    "per_position_mse",
+    "ridge_predict",
+    "tokenize",
+]
 
 
 @dataclass(frozen=True)

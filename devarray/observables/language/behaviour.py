@@ -28,8 +28,10 @@ LOGIT_BUDGET = 2**24  # logits per model call (64 MiB of float32): bounds memory
 
 def _data(probe) -> LanguageProbeData:
     if getattr(probe, "data", None) is None:
-        raise ValueError("the language observables need a probe built by the lm setting "
-                         "(setting.probe(config, seed)), which carries their fixed inputs")
+        raise ValueError(
+            "the language observables need a probe built by the lm setting "
+            "(setting.probe(config, seed)), which carries their fixed inputs"
+        )
     return probe.data
 
 
@@ -59,7 +61,7 @@ def _run(model, probe, ablate: bool) -> Pass:
         logp = torch.empty(len(data.pair_row), model.cfg.d_vocab)
     size = _chunk(model, T)
     for start in range(0, n, size):
-        chunk = tokens[start:start + size]
+        chunk = tokens[start : start + size]
         logits = model(chunk[:, :-1])
         loss += F.cross_entropy(logits.transpose(1, 2), chunk[:, 1:], reduction="none").double().sum(0)
         if data is not None:
@@ -96,8 +98,8 @@ def bigram_cross_entropy(pair_logp: torch.Tensor, data: LanguageProbeData, chunk
     """B_k^S of eq. (15) at every pair: −Σ_i q̃(t^(i) | t_k) log p(t^(i) | t_{≤k}), (P,) float64."""
     out = torch.empty(len(data.pair_row), dtype=torch.float64)
     for s in range(0, len(out), chunk):
-        q = _table_rows(data.bigram_table, data.pair_row[s:s + chunk]).double()
-        out[s:s + chunk] = -torch.where(q > 0, q * pair_logp[s:s + chunk].double(), 0.0).sum(1)
+        q = _table_rows(data.bigram_table, data.pair_row[s : s + chunk]).double()
+        out[s : s + chunk] = -torch.where(q > 0, q * pair_logp[s : s + chunk].double(), 0.0).sum(1)
     return out
 
 
@@ -106,24 +108,29 @@ def bigram_cross_entropy(pair_logp: torch.Tensor, data: LanguageProbeData, chunk
     task="language",
     variables={
         "bigram_score": dict(
-            units="nats", long_name="bigram score",
+            units="nats",
+            long_name="bigram score",
             description="Average bigram score B̄ (C.1.1, eqs. 15–16): the cross entropy between the empirical bigram "
-                        "distribution q̃(· | t_k) and the model's next-token distribution at position k, averaged over "
-                        "5,000 fixed random (probe context, position) pairs (all pairs when the probe has fewer; "
-                        "attrs probe_n_bigram_pairs). q̃ is the synthetic language's exact bigram matrix, or counts "
-                        "over the first 2,000 training contexts of a corpus."),
+            "distribution q̃(· | t_k) and the model's next-token distribution at position k, averaged over "
+            "5,000 fixed random (probe context, position) pairs (all pairs when the probe has fewer; "
+            "attrs probe_n_bigram_pairs). q̃ is the synthetic language's exact bigram matrix, or counts "
+            "over the first 2,000 training contexts of a corpus.",
+        ),
         "bigram_entropy": dict(
-            units="nats", long_name="bigram entropy",
+            units="nats",
+            long_name="bigram entropy",
             description="The floor of the bigram score (C.1.1): the entropy of q̃(· | t_k) averaged over the same "
-                        "pairs; the bigram score equals it exactly when the model predicts q̃."),
+            "pairs; the bigram score equals it exactly when the model predicts q̃.",
+        ),
     },
 )
 def bigram_score(model, probe) -> xr.Dataset:
     """Bigram score and its floor (C.1.1, figure 4a)."""
     data = _data(probe)
     b = bigram_cross_entropy(forward(model, probe).pair_logp, data)
-    return xr.Dataset({"bigram_score": b.mean().item(),
-                       "bigram_entropy": data.bigram_row_entropy[data.pair_row].mean().item()})
+    return xr.Dataset(
+        {"bigram_score": b.mean().item(), "bigram_entropy": data.bigram_row_entropy[data.pair_row].mean().item()}
+    )
 
 
 def _final_token_loss(model, contexts: torch.Tensor) -> float:
@@ -157,6 +164,7 @@ def ngram_score(model, probe) -> xr.DataArray:
 def icl_positions(T: int) -> tuple[np.ndarray, np.ndarray]:
     """(late, early) positions averaged by the ICL score in a context of T tokens: the paper's 500th and
     50th of 1,024 scaled by T/1,024, each widened to ±10 % (at least the position itself)."""
+
     def window(paper: int) -> np.ndarray:
         k = paper * T / ICL_PAPER_CTX
         lo, hi = max(1, round(k * (1 - ICL_WINDOW))), min(T - 1, max(1, round(k * (1 + ICL_WINDOW))))
@@ -176,8 +184,9 @@ def icl_score(model, probe) -> xr.DataArray:
     return xr.DataArray(loss[late - 1].mean().item() - loss[early - 1].mean().item())
 
 
-@observable(name="loss_by_position", task="language", dims=("position", "ablation"), units="nats",
-            long_name="loss by position")
+@observable(
+    name="loss_by_position", task="language", dims=("position", "ablation"), units="nats", long_name="loss by position"
+)
 def loss_by_position(model, probe) -> xr.DataArray:
     """Probe loss at positions 1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 300, 500, 1000 (those inside the
     context), with the positional embedding kept (ablation "none") and zero-ablated ("pos_embed") (C.2.1,
@@ -185,5 +194,6 @@ def loss_by_position(model, probe) -> xr.DataArray:
     T = probe.tokens.shape[1]
     positions = np.array([k for k in PAPER_POSITIONS if k <= T - 1])
     cols = [forward(model, probe, ablate=a != "none").loss_k[positions - 1].numpy() for a in ABLATIONS]
-    return xr.DataArray(np.stack(cols, 1), dims=("position", "ablation"),
-                        coords={"position": positions, "ablation": list(ABLATIONS)})
+    return xr.DataArray(
+        np.stack(cols, 1), dims=("position", "ablation"), coords={"position": positions, "ablation": list(ABLATIONS)}
+    )

@@ -68,8 +68,12 @@ class LanguageProbeData:
     extra: dict = field(default_factory=dict)
 
     def attrs(self) -> dict:
-        return {"probe_n_bigram_pairs": int(len(self.pair_row)), "probe_n_prev_token": int(len(self.prev_lengths)),
-                "probe_n_prefix": int(len(self.prefix_first)), "probe_ngram_source": self.ngram_source}
+        return {
+            "probe_n_bigram_pairs": int(len(self.pair_row)),
+            "probe_n_prev_token": int(len(self.prev_lengths)),
+            "probe_n_prefix": int(len(self.prefix_first)),
+            "probe_ngram_source": self.ngram_source,
+        }
 
 
 def _entropy_rows(table: torch.Tensor) -> torch.Tensor:
@@ -93,8 +97,9 @@ def count_bigrams(contexts: np.ndarray, vocab_size: int) -> torch.Tensor:
     a, b = keys // vocab_size, keys % vocab_size
     totals = np.bincount(a, weights=counts, minlength=vocab_size)
     values = torch.from_numpy(counts / totals[a]).float()
-    return torch.sparse_coo_tensor(torch.from_numpy(np.stack([a, b])), values, (vocab_size, vocab_size),
-                                   check_invariants=True).coalesce()
+    return torch.sparse_coo_tensor(
+        torch.from_numpy(np.stack([a, b])), values, (vocab_size, vocab_size), check_invariants=True
+    ).coalesce()
 
 
 def frequent_ngrams(contexts: np.ndarray, n: int, limit: int = N_COMMON, exclude: tuple[int, ...] = ()) -> torch.Tensor:
@@ -117,8 +122,9 @@ def merge_order_ngrams(tokenizer, reference, n: int, limit: int = N_COMMON) -> t
 
     out: list[list[int]] = []
     for a, b in merges(reference):
-        ids = tokenizer.encode(reference.decoder.decode([a + b]) if reference.decoder else a + b,
-                               add_special_tokens=False).ids
+        ids = tokenizer.encode(
+            reference.decoder.decode([a + b]) if reference.decoder else a + b, add_special_tokens=False
+        ).ids
         if len(ids) == n:
             out.append(ids)
             if len(out) == limit:
@@ -199,8 +205,10 @@ def _probe_data(source, contexts: torch.Tensor, seed: int, n_synthetic: int) -> 
     if isinstance(source, SyntheticLanguage):
         table = torch.from_numpy(source.bigram_matrix(contexts.shape[1])).float()[rows]
         words = source.words()
-        ngrams = {n: torch.tensor([w for w in words if len(w) == n][:N_COMMON], dtype=torch.long).reshape(-1, n)
-                  for n in N_GRAMS}
+        ngrams = {
+            n: torch.tensor([w for w in words if len(w) == n][:N_COMMON], dtype=torch.long).reshape(-1, n)
+            for n in N_GRAMS
+        }
         ngram_source = "lexicon"
     else:
         counted = np.asarray(source.train[:N_BIGRAM_COUNT_CONTEXTS])
@@ -210,5 +218,18 @@ def _probe_data(source, contexts: torch.Tensor, seed: int, n_synthetic: int) -> 
         ngram_source = "frequency"
     prev, lengths = prev_token_sequences(V, bos, n_ctx, seed, n_synthetic)
     prefix, first, second = prefix_sequences(V, bos, n_ctx, seed, n_synthetic)
-    return LanguageProbeData(n_ctx, ctx, pos, pair_row, table, _entropy_rows(table), ngrams, ngram_source,
-                             prev, lengths, prefix, first, second)
+    return LanguageProbeData(
+        n_ctx,
+        ctx,
+        pos,
+        pair_row,
+        table,
+        _entropy_rows(table),
+        ngrams,
+        ngram_source,
+        prev,
+        lengths,
+        prefix,
+        first,
+        second,
+    )

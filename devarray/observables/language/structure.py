@@ -34,21 +34,30 @@ def composition_scores(model) -> torch.Tensor:
     W_QK^{h2}ᵀ (K), W_OV^{h2} (V): eq. (17) transposed, equal to ``HookedTransformer.all_composition_scores``.
     Layer norms and biases are left out, as there."""
     a0, a1 = model.blocks[0].attn, model.blocks[1].attn
-    W = {k: getattr(a, f"W_{k[0]}").detach().double() for k, a in
-         (("V0", a0), ("O0", a0), ("Q1", a1), ("K1", a1), ("V1", a1), ("O1", a1))}
+    W = {
+        k: getattr(a, f"W_{k[0]}").detach().double()
+        for k, a in (("V0", a0), ("O0", a0), ("Q1", a1), ("K1", a1), ("V1", a1), ("O1", a1))
+    }
     ov1 = W["V0"] @ W["O0"]  # (H, D, D)
     qk2 = W["Q1"] @ W["K1"].transpose(1, 2)
     ov2 = W["V1"] @ W["O1"]
     out = []
     for right in (qk2, qk2.transpose(1, 2), ov2):
         prod = torch.einsum("ide,jef->ijdf", ov1, right)
-        out.append(prod.square().sum((-2, -1)).sqrt()
-                   / (ov1.square().sum((1, 2)).sqrt()[:, None] * right.square().sum((1, 2)).sqrt()[None, :]))
+        out.append(
+            prod.square().sum((-2, -1)).sqrt()
+            / (ov1.square().sum((1, 2)).sqrt()[:, None] * right.square().sum((1, 2)).sqrt()[None, :])
+        )
     return torch.stack(out)
 
 
-@observable(name="composition_score", task="language", dims=("composition", "head_1", "head_2"), units="1",
-            long_name="composition score")
+@observable(
+    name="composition_score",
+    task="language",
+    dims=("composition", "head_1", "head_2"),
+    units="1",
+    long_name="composition score",
+)
 def composition_score(model, probe) -> xr.DataArray:
     """Q-, K- and V-composition scores (C.2.2, eq. 17, figure C.4) between every first-layer head (head_1)
     and every second-layer head (head_2), from the weights alone: how much h2's query, key or value reads
@@ -56,8 +65,11 @@ def composition_score(model, probe) -> xr.DataArray:
     so compare heads with each other and over training. A one-layer model has no pairs: all NaN, shape (3, H, H)."""
     H = model.cfg.n_heads
     scores = composition_scores(model).numpy() if model.cfg.n_layers >= 2 else np.full((3, H, H), np.nan)
-    return xr.DataArray(scores, dims=("composition", "head_1", "head_2"),
-                        coords={"composition": list(COMPOSITIONS), "head_1": np.arange(H), "head_2": np.arange(H)})
+    return xr.DataArray(
+        scores,
+        dims=("composition", "head_1", "head_2"),
+        coords={"composition": list(COMPOSITIONS), "head_1": np.arange(H), "head_2": np.arange(H)},
+    )
 
 
 # -- attention on synthetic sequences (C.2.3, C.2.4) --------------------------------------------------
@@ -74,7 +86,7 @@ def attention_at(model, tokens: torch.Tensor, query: torch.Tensor, key: torch.Te
     order = torch.argsort(query, stable=True)
     out = torch.empty(len(model.blocks), len(tokens), model.cfg.n_heads)
     for s in range(0, len(tokens), PATTERN_CHUNK):
-        idx = order[s:s + PATTERN_CHUNK]
+        idx = order[s : s + PATTERN_CHUNK]
         q, k = query[idx], key[idx]
         chunk = tokens[idx, : int(q.max()) + 1]
         r = torch.arange(len(idx))
@@ -96,6 +108,7 @@ def attention_at(model, tokens: torch.Tensor, query: torch.Tensor, key: torch.Te
 
 def prev_token_scores(model, probe) -> np.ndarray:
     """(L, H): mean attention from the last token of each C.2.3 sequence to the token before it."""
+
     def run() -> np.ndarray:
         d = _data(probe)
         last = d.prev_lengths - 1
@@ -106,6 +119,7 @@ def prev_token_scores(model, probe) -> np.ndarray:
 
 def prefix_matching_scores(model, probe) -> np.ndarray:
     """(L, H): mean attention from the second [A] of each C.2.4 sequence to the [B] after the first."""
+
     def run() -> np.ndarray:
         d = _data(probe)
         return attention_at(model, d.prefix_tokens, d.prefix_second, d.prefix_first + 1).double().mean(1).numpy()
@@ -114,12 +128,20 @@ def prefix_matching_scores(model, probe) -> np.ndarray:
 
 
 def _per_head(values, model) -> xr.DataArray:
-    return xr.DataArray(values, dims=("layer", "head"),
-                        coords={"layer": np.arange(model.cfg.n_layers), "head": np.arange(model.cfg.n_heads)})
+    return xr.DataArray(
+        values,
+        dims=("layer", "head"),
+        coords={"layer": np.arange(model.cfg.n_layers), "head": np.arange(model.cfg.n_heads)},
+    )
 
 
-@observable(name="prev_token_score", task="language", dims=("layer", "head"), units="1",
-            long_name="previous-token matching score")
+@observable(
+    name="prev_token_score",
+    task="language",
+    dims=("layer", "head"),
+    units="1",
+    long_name="previous-token matching score",
+)
 def prev_token_score(model, probe) -> xr.DataArray:
     """Previous-token matching score (C.2.3, figure 4d): a head's attention from the last token [B] of
     ...[A][B] to [A], averaged over fixed synthetic sequences (BOS, then uniform non-BOS tokens; lengths
@@ -128,8 +150,9 @@ def prev_token_score(model, probe) -> xr.DataArray:
     return _per_head(prev_token_scores(model, probe), model)
 
 
-@observable(name="prefix_matching_score", task="language", dims=("layer", "head"), units="1",
-            long_name="prefix-matching score")
+@observable(
+    name="prefix_matching_score", task="language", dims=("layer", "head"), units="1", long_name="prefix-matching score"
+)
 def prefix_matching_score(model, probe) -> xr.DataArray:
     """Prefix-matching score (C.2.4, figure 4e; Olsson et al. 2022): in fixed sequences [A][B]…[A] of
     length 128 (capped at the context; BOS first, the first [A] in the first half with [B] right after it,
@@ -176,18 +199,24 @@ def pos_embed_pca(W_pos: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     task="language",
     variables={
         "pos_embed_explained_variance": dict(
-            dims=("component",), long_name="positional embedding explained variance ratio",
+            dims=("component",),
+            long_name="positional embedding explained variance ratio",
             description="Fraction of the variance of the positional embedding's rows (centred over positions) "
-                        "along each principal component, descending (C.2.1, figure C.3 row 4); component is "
-                        "1-based."),
+            "along each principal component, descending (C.2.1, figure C.3 row 4); component is "
+            "1-based.",
+        ),
         "pos_embed_pc": dict(
-            dims=("pc", "pos"), long_name="positional embedding principal component",
+            dims=("pc", "pos"),
+            long_name="positional embedding principal component",
             description="Projection of each position's embedding on the first three principal components "
-                        "(pc = 1, 2, 3; C.2.1, figure C.3 rows 1–3), signed so each grows with position on "
-                        "average; the Lissajous curves of the paper."),
+            "(pc = 1, 2, 3; C.2.1, figure C.3 rows 1–3), signed so each grows with position on "
+            "average; the Lissajous curves of the paper.",
+        ),
         "pos_embed_norm": dict(
-            dims=("pos",), long_name="positional embedding norm",
-            description="Euclidean norm of each position's embedding W_pos[pos] (C.2.1, figure C.3 row 5)."),
+            dims=("pos",),
+            long_name="positional embedding norm",
+            description="Euclidean norm of each position's embedding W_pos[pos] (C.2.1, figure C.3 row 5).",
+        ),
     },
 )
 def pos_embed(model, probe) -> xr.Dataset:
@@ -195,8 +224,11 @@ def pos_embed(model, probe) -> xr.Dataset:
     W = model.pos_embed.W_pos.detach().cpu()
     ratio, scores = pos_embed_pca(W)
     pos = np.arange(W.shape[0])
-    return xr.Dataset({
-        "pos_embed_explained_variance": ("component", ratio),
-        "pos_embed_pc": (("pc", "pos"), scores),
-        "pos_embed_norm": ("pos", W.double().norm(dim=1).numpy()),
-    }, coords={"component": np.arange(1, len(ratio) + 1), "pc": np.arange(1, N_PCS + 1), "pos": pos})
+    return xr.Dataset(
+        {
+            "pos_embed_explained_variance": ("component", ratio),
+            "pos_embed_pc": (("pc", "pos"), scores),
+            "pos_embed_norm": ("pos", W.double().norm(dim=1).numpy()),
+        },
+        coords={"component": np.arange(1, len(ratio) + 1), "pc": np.arange(1, N_PCS + 1), "pos": pos},
+    )

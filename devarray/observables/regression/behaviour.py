@@ -11,8 +11,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from devarray.observables.regression.probes import OOD_KINDS, Probe, forward, ood_predictions
 from devarray.observables.registry import observable
+from devarray.observables.regression.probes import OOD_KINDS, Probe, forward, ood_predictions
 
 
 def _loss_k(model, probe: Probe) -> torch.Tensor:
@@ -79,7 +79,11 @@ def position_loss(model, probe: Probe) -> xr.Dataset:
     loss = _loss_k(model, probe)
     ridge = (probe.ridge - probe.y.double()).square().mean(0)
     return xr.Dataset(
-        {"loss_k": _per_k(loss, probe), "ridge_loss_k": _per_k(ridge, probe), "ridge_gap_k": _per_k(loss - ridge, probe)}
+        {
+            "loss_k": _per_k(loss, probe),
+            "ridge_loss_k": _per_k(ridge, probe),
+            "ridge_gap_k": _per_k(loss - ridge, probe),
+        }
     )
 
 

@@ -68,8 +68,10 @@ def make_probe(
     """
     gains = DEFAULT_GAINS if gains is None else np.asarray(gains, dtype=float)
     if n < 1 or n_ood < 1 or gains.ndim != 1 or not (gains > 0).all():
-        raise ValueError(f"make_probe needs n, n_ood >= 1 and a 1-d array of positive gains; got n={n}, "
-                         f"n_ood={n_ood}, gains={gains.tolist()}")
+        raise ValueError(
+            f"make_probe needs n, n_ood >= 1 and a 1-d array of positive gains; got n={n}, "
+            f"n_ood={n_ood}, gains={gains.tolist()}"
+        )
     batch = task.sample(n, generator("observables", seed, "in-distribution"))
     fresh_tasks = dataclasses.replace(task, num_tasks=None)
     ood = [

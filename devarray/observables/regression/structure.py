@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from devarray.observables.regression.probes import Probe, forward
 from devarray.observables.registry import cached, observable
+from devarray.observables.regression.probes import Probe, forward
 
 QUERIES = ("x", "y")
 SMALL = 0.1  # |weight| below which a layer-norm parameter counts as collapsed (figure D.9 inset)

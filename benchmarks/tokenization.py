@@ -1,6 +1,6 @@
 """Tokenisation throughput of the corpus path against raw ``Tokenizer.encode_batch``.
 
-    python benchmarks/tokenize.py [--mb 4] [--vocab 5000] [--n-ctx 1024] [--repeats 3]
+    python benchmarks/tokenization.py [--mb 4] [--vocab 5000] [--n-ctx 1024] [--repeats 3]
 
 Writes a generated corpus of about ``--mb`` MB as JSON lines (Zipfian words, so BPE has merges to
 learn), trains a BPE tokenizer on it, then times, on the same texts: the baseline
@@ -11,13 +11,6 @@ and their ratio; the gap is the cost of Arrow I/O and chunking.
 """
 
 from __future__ import annotations
-
-import os
-import sys
-
-# this file's name shadows the standard library's ``tokenize`` (imported by logging, linecache…):
-# drop its folder from the path before importing anything that needs the real one
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 import argparse
 import json
