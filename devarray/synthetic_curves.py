@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checkpoints import checkpoint_schedule
+from .schedules import checkpoint_schedule
 
 LEVELS = ("chain", "seed")
 
