@@ -165,7 +165,9 @@ def test_variable_explorer_offers_every_step_variable_with_widgets_from_its_labe
     done = obs.step.values[obs.done_attn_entropy.values & (obs.step.values > 0)]
     np.testing.assert_allclose(data.isel(line=1).values, obs.attn_entropy.sel(step=done, layer=1, head=2, query="y"))
     names = [w.label for w in explorer.dim_widgets()]
-    assert names == ["layer", "head", "query"]  # these dims have no long_name: their names
+    # labelled from the coordinates' long_name (schemas/observables.yaml), with the dim's name
+    assert names[1] == "attention head (head)" and names[2].startswith("query position")
+    assert names[0].startswith("layer")
 
 
 def test_long_dims_get_a_slider_and_widgets_use_long_name(explorer, monkeypatch):
