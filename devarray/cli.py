@@ -208,7 +208,7 @@ def figure_inputs(path) -> tuple:
     st = store.dataset("stages").load()
     fits = {str(c): fit(st, str(c)) for c in st.curve.values}
     staged = str(st.attrs.get("variable", "llc_mean"))
-    stages = st.drop_vars(["smooth", "slope", "slope_lo", "slope_hi", "curve"]).merge(fits[staged])
+    stages = st.drop_vars(["smooth", "slope", "slope_lo", "slope_hi", "curve"]).merge(fits[staged], join="outer")
     stages.attrs = st.attrs
     return ds, stages, fits
 
