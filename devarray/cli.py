@@ -158,7 +158,9 @@ def _cmd_demo(args) -> None:
     print(f"[1/5] training the {setting.title} model ({args.preset} preset) into {path}")
     config = setting.config(args.preset, args.seed)
     print(format_summary(train(path, config, progress=not args.quiet)))
-    preset = setting.llc_presets_for(config.to_dict())["quick"]
+    # the sampler presets follow the training preset where the setting has one (tiny: a smoke run)
+    presets = setting.llc_presets_for(config.to_dict())
+    preset = presets.get(args.preset, presets["quick"])
     print(
         f"[2/5] LLC at every checkpoint ({preset.num_chains} chains x "
         f"{preset.num_burnin_steps + preset.num_draws} SGLD steps each)"
@@ -168,7 +170,7 @@ def _cmd_demo(args) -> None:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     print("[3/5] Hessian trace and top eigenvalues at every checkpoint")
-    hessian.run(path, **setting.hessian_presets["quick"], **compute)
+    hessian.run(path, **setting.hessian_presets.get(args.preset, setting.hessian_presets["quick"]), **compute)
     print("[4/5] observables at every checkpoint")
     observe.run(path, **compute)
     print("[5/5] stages from the LLC curve, and the figure")

@@ -140,6 +140,7 @@ LLC_PRESETS = {
 HESSIAN_PRESETS = {
     "paper": {"batch_size": 100, "num_probes": 100, "top_k": 5, "num_lanczos": 64},
     "quick": {"batch_size": 64, "num_probes": 20, "top_k": 3, "num_lanczos": 24},
+    "tiny": {"batch_size": 16, "num_probes": 4, "top_k": 2, "num_lanczos": 8},
 }
 
 _POSITIVE = ("num_steps", "batch_size", "n_test", "n_linear", "n_log")
