@@ -595,8 +595,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="plateau tolerance: a saddle's |slope| as a fraction of its neighbouring movements' (0.15)",
     )
     st.add_argument("--wrt", choices=["log_step", "step"], help="differentiate in log step (default) or step")
-    st.add_argument("--noise", choices=["learned", "chains"], default="learned",
-                    help="GP noise: learned from the curve (default), or each checkpoint's chain standard error")
+    st.add_argument(
+        "--noise",
+        choices=["learned", "chains"],
+        default="learned",
+        help="GP noise: learned from the curve (default), or each checkpoint's chain standard error",
+    )
     st.set_defaults(func=_cmd_stages)
 
     fi = sub.add_parser("figure", help="the paper's figure 1/B.2 for a run (several runs: overlaid, B.3)")

@@ -98,8 +98,9 @@ def compute(store: RunStore, variable: str = "llc/llc_mean", *, noise: str = "le
     return ds
 
 
-def run(path, variable: str = "llc/llc_mean", *, overwrite: bool = True, noise: str = "learned",
-        **options) -> xr.Dataset:
+def run(
+    path, variable: str = "llc/llc_mean", *, overwrite: bool = True, noise: str = "learned", **options
+) -> xr.Dataset:
     """Compute and write the ``stages`` group. It is derived data, cheap to recompute, so by
     default a new division replaces the old one."""
     store = RunStore.open(path)
