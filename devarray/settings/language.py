@@ -112,6 +112,16 @@ LLC_PRESETS = {
             beta_tilde=1e-3 * 32 / np.log(32) / 2,
             gamma_tilde=1e-3 * 100 / 2,
         ),
+        "tiny": LLCPreset(  # a smoke run in seconds
+            dataset_size=128,
+            batch_size=16,
+            num_chains=2,
+            num_draws=12,
+            num_burnin_steps=4,
+            epsilon=1e-3,
+            beta_tilde=1e-3 * 16 / np.log(16) / 2,
+            gamma_tilde=1e-3 * 100 / 2,
+        ),
     },
     1: {
         "paper": LLCPreset(
@@ -132,6 +142,16 @@ LLC_PRESETS = {
             num_burnin_steps=40,
             epsilon=3e-3,
             beta_tilde=3e-3 * 32 / np.log(32) / 2,
+            gamma_tilde=3e-3 * 300 / 2,
+        ),
+        "tiny": LLCPreset(  # a smoke run in seconds
+            dataset_size=128,
+            batch_size=16,
+            num_chains=2,
+            num_draws=12,
+            num_burnin_steps=4,
+            epsilon=3e-3,
+            beta_tilde=3e-3 * 16 / np.log(16) / 2,
             gamma_tilde=3e-3 * 300 / 2,
         ),
     },

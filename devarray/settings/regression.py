@@ -75,6 +75,17 @@ LLC_PRESETS: dict[str, LLCPreset] = {
         beta_tilde=0.023,
         gamma_tilde=0.03,
     ),
+    # a smoke run in seconds (the demo's --preset tiny, tests): too short to trust its numbers
+    "tiny": LLCPreset(
+        dataset_size=512,
+        batch_size=32,
+        num_chains=2,
+        num_draws=12,
+        num_burnin_steps=4,
+        epsilon=1e-3,
+        beta_tilde=0.01,
+        gamma_tilde=0.01,
+    ),
 }
 
 # paper: B.5's PyHessian budget on m = 1,024; quick: enough for the demo's curve shape in seconds
