@@ -623,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("setting", nargs="?", default="lr", metavar="SETTING", help=f"the setting (default lr; {known})")
     de.add_argument("--out-dir", default="stores")
     de.add_argument("--seed", type=SEED, default=0)
-    de.add_argument("--preset", default="quick", help="training preset (quick; tiny for a smoke run in seconds)")
+    de.add_argument("--preset", default="quick", help="training preset (quick; tiny: a smoke run of a few minutes)")
     de.add_argument(
         "--workers", type=COUNT, default=0, help="LocalCluster processes for the pipelines (default in-process)"
     )
