@@ -1,8 +1,6 @@
 import pytest
 
 from devarray import cli
-from devarray.settings import regression
-from devarray.slt import presets
 from devarray.store import RunStore
 
 
@@ -12,19 +10,8 @@ def snapshot(path):
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end_and_a_rerun_finds_everything_done(tmp_path, monkeypatch, capsys):
-    # the demo's wiring on the tiny preset, with a small sampler so that it takes seconds
-    small = presets.LLCPreset(
-        dataset_size=512,
-        batch_size=32,
-        num_chains=2,
-        num_draws=12,
-        num_burnin_steps=4,
-        epsilon=1e-3,
-        beta_tilde=0.01,
-        gamma_tilde=0.01,
-    )
-    monkeypatch.setitem(regression.LLC_PRESETS, "quick", small)
+def test_demo_runs_end_to_end_and_a_rerun_finds_everything_done(tmp_path, capsys):
+    # the demo's wiring on the tiny preset, whose tiny sampler presets take seconds
     argv = ["demo", "--preset", "tiny", "--out-dir", str(tmp_path), "--quiet"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out

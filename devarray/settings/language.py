@@ -90,72 +90,31 @@ PRESETS: dict[str, LMPreset] = {
 }
 
 _M = 100  # A.3.1's SGLD batch
-LLC_PRESETS = {
-    2: {
-        "paper": LLCPreset(
-            dataset_size=100_000,
-            batch_size=_M,
-            num_chains=20,
-            num_draws=200,
-            num_burnin_steps=0,
-            epsilon=1e-3,
-            beta_tilde=1e-3 * _M / np.log(_M) / 2,
-            gamma_tilde=1e-3 * 100 / 2,
-        ),
-        "quick": LLCPreset(
-            dataset_size=4096,
-            batch_size=32,
-            num_chains=8,
-            num_draws=120,
-            num_burnin_steps=40,
-            epsilon=1e-3,
-            beta_tilde=1e-3 * 32 / np.log(32) / 2,
-            gamma_tilde=1e-3 * 100 / 2,
-        ),
-        "tiny": LLCPreset(  # a smoke run in seconds
-            dataset_size=128,
-            batch_size=16,
-            num_chains=2,
-            num_draws=12,
-            num_burnin_steps=4,
-            epsilon=1e-3,
-            beta_tilde=1e-3 * 16 / np.log(16) / 2,
-            gamma_tilde=1e-3 * 100 / 2,
-        ),
-    },
-    1: {
-        "paper": LLCPreset(
-            dataset_size=100_000,
-            batch_size=_M,
-            num_chains=20,
-            num_draws=200,
-            num_burnin_steps=0,
-            epsilon=3e-3,
-            beta_tilde=3e-3 * _M / np.log(_M) / 2,
-            gamma_tilde=3e-3 * 300 / 2,
-        ),
-        "quick": LLCPreset(
-            dataset_size=4096,
-            batch_size=32,
-            num_chains=8,
-            num_draws=120,
-            num_burnin_steps=40,
-            epsilon=3e-3,
-            beta_tilde=3e-3 * 32 / np.log(32) / 2,
-            gamma_tilde=3e-3 * 300 / 2,
-        ),
-        "tiny": LLCPreset(  # a smoke run in seconds
-            dataset_size=128,
-            batch_size=16,
-            num_chains=2,
-            num_draws=12,
-            num_burnin_steps=4,
-            epsilon=3e-3,
-            beta_tilde=3e-3 * 16 / np.log(16) / 2,
-            gamma_tilde=3e-3 * 300 / 2,
-        ),
-    },
-}
+
+
+def _llc_presets(epsilon: float, gamma: float) -> dict[str, LLCPreset]:
+    """A.3.1's sampler at one depth's (ε, γ), with nβ = m / log m for each preset's batch m."""
+
+    def preset(dataset_size: int, m: int, chains: int, draws: int, burnin: int) -> LLCPreset:
+        return LLCPreset(
+            dataset_size=dataset_size,
+            batch_size=m,
+            num_chains=chains,
+            num_draws=draws,
+            num_burnin_steps=burnin,
+            epsilon=epsilon,
+            beta_tilde=epsilon * m / np.log(m) / 2,
+            gamma_tilde=epsilon * gamma / 2,
+        )
+
+    return {
+        "paper": preset(100_000, _M, 20, 200, 0),
+        "quick": preset(4096, 32, 8, 120, 40),
+        "tiny": preset(128, 16, 2, 12, 4),  # a smoke run in seconds
+    }
+
+
+LLC_PRESETS = {2: _llc_presets(1e-3, 100), 1: _llc_presets(3e-3, 300)}
 
 HESSIAN_PRESETS = {
     "paper": {"batch_size": 100, "num_probes": 100, "top_k": 5, "num_lanczos": 64},
