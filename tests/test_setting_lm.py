@@ -159,7 +159,7 @@ def test_stage_check_reads_bigram_and_induction_boundaries():
 def test_bad_language_options_get_one_line(tmp_path):
     for args, message in [
         (["--layers", "3"], "--layers must be 1 or 2"),
-        (["--num-tasks", "4"], "the language setting has no option --num-tasks"),
+        (["--num-tasks", "4"], "the lm setting has no option --num-tasks"),
         (["--tokenizer", "t.json"], "--tokenizer needs a corpus"),
     ]:
         res = subprocess.run(TRAIN + ["--out", str(tmp_path / "x.zarr"), *args], capture_output=True, text=True)

@@ -72,6 +72,26 @@ class Setting:
         """The LLC presets for this run (they may depend on the model, e.g. its depth)."""
         return self.llc_presets
 
+    def _overrides(
+        self, presets, preset: str, seed: int, overrides: dict, schedule_fields, extra=()
+    ) -> tuple[dict, dict]:
+        """The checks every setting's :meth:`config` shares: a known preset, a non-negative seed,
+        only the setting's own options, positive schedule numbers. Returns (schedule overrides,
+        other overrides), None values dropped."""
+        if preset not in presets:
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(presets)}")
+        if seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {seed}", argument="seed")
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = sorted(set(given) - set(schedule_fields) - set(extra))
+        if unknown:
+            raise ConfigError(f"the {self.name} setting has no option {unknown[0]}", argument=unknown[0])
+        sched = {k: v for k, v in given.items() if k in schedule_fields}
+        for k, v in sched.items():
+            if isinstance(v, int | float) and not v > 0 and k not in ("weight_decay",):
+                raise ConfigError(f"{k} must be positive, got {v}", argument=k)
+        return sched, {k: v for k, v in given.items() if k not in sched}
+
     # ---------------------------------------------------------------- model
     def build_model(self, config: dict) -> nn.Module:
         raise NotImplementedError

@@ -122,8 +122,6 @@ HESSIAN_PRESETS = {
     "tiny": {"batch_size": 16, "num_probes": 4, "top_k": 2, "num_lanczos": 8},
 }
 
-_POSITIVE = ("num_steps", "batch_size", "n_test", "n_linear", "n_log")
-
 
 @dataclass
 class LanguageRun:
@@ -324,20 +322,10 @@ class LanguageSetting(Setting):
         return LLC_PRESETS[config["model"]["n_layers"]]
 
     def config(self, preset: str = "quick", seed: int = 0, **overrides) -> LanguageRun:
-        if preset not in PRESETS:
-            raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-        if seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {seed}", argument="seed")
-        given = {k: v for k, v in overrides.items() if v is not None}
-        unknown = set(given) - set(LMSchedule.__dataclass_fields__) - {"n_layers", "corpus", "tokenizer"}
-        if unknown:
-            first = sorted(unknown)[0]
-            raise ConfigError(f"the language setting has no option {first}", argument=first)
+        sched, given = self._overrides(
+            PRESETS, preset, seed, overrides, LMSchedule.__dataclass_fields__, ["n_layers", "corpus", "tokenizer"]
+        )
         p = PRESETS[preset]
-        sched = {k: v for k, v in given.items() if k in LMSchedule.__dataclass_fields__}
-        for k, v in sched.items():
-            if (k in _POSITIVE or k == "lr") and not v > 0:
-                raise ConfigError(f"{k} must be positive, got {v}", argument=k)
         model = p.model
         if "n_layers" in given:
             if given["n_layers"] not in (1, 2):

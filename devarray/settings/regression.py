@@ -95,8 +95,6 @@ HESSIAN_PRESETS = {
     "tiny": {"batch_size": 64, "num_probes": 4, "top_k": 2, "num_lanczos": 8},
 }
 
-_POSITIVE = ("num_steps", "batch_size", "n_test", "n_linear", "n_log")
-
 
 @dataclass
 class RegressionRun:
@@ -197,18 +195,7 @@ class RegressionSetting(Setting):
     }
 
     def config(self, preset: str = "quick", seed: int = 0, **overrides) -> RegressionRun:
-        if preset not in PRESETS:
-            raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-        if seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {seed}", argument="seed")
-        given = {k: v for k, v in overrides.items() if v is not None}
-        unknown = set(given) - set(Schedule.__dataclass_fields__) - {"num_tasks"}
-        if unknown:
-            raise ConfigError(f"the regression setting has no option {sorted(unknown)[0]}", argument=sorted(unknown)[0])
-        sched = {k: v for k, v in given.items() if k in Schedule.__dataclass_fields__}
-        for k, v in sched.items():
-            if (k in _POSITIVE or k == "lr") and not v > 0:
-                raise ConfigError(f"{k} must be positive, got {v}", argument=k)
+        sched, given = self._overrides(PRESETS, preset, seed, overrides, Schedule.__dataclass_fields__, ["num_tasks"])
         num_tasks = given.get("num_tasks")
         if num_tasks is not None and num_tasks < 1:
             raise ConfigError(f"num_tasks must be positive (omit it for M = ∞), got {num_tasks}", argument="num_tasks")
