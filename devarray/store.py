@@ -375,13 +375,15 @@ class RunStore:
             mask &= self.array(group, "settings_id")[:] == expected
         return self.steps(group)[mask]
 
-    def clear_done(self, group: str, steps=None) -> None:
-        """Unset the done flags of ``steps`` (all by default) of ``group``: what follows may
-        rewrite them, and no reader may take the old numbers for finished ones meanwhile."""
+    def clear_done(self, group: str, steps=None, flags=None) -> None:
+        """Unset the done flags (``flags``, default all) of ``steps`` (all by default) of ``group``:
+        what follows may rewrite them, and no reader may take the old numbers for finished ones
+        meanwhile."""
         if not self.has_group(group):
             return
         g = self.group(group)
-        for flag in [k for k in g.array_keys() if k == "done" or k.startswith("done_")]:
+        every = [k for k in g.array_keys() if k == "done" or k.startswith("done_")]
+        for flag in every if flags is None else [f for f in flags if f in every]:
             arr = self.array(group, flag)
             if steps is None:
                 arr[:] = False

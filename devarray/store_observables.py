@@ -27,6 +27,13 @@ def allocated(store: RunStore, name: str) -> bool:
     return store.has_group(GROUP) and done_flag(name) in store.group(GROUP)
 
 
+def allocated_names(store: RunStore) -> list[str]:
+    """The observables the store has room for (each has its done flag)."""
+    if not store.has_group(GROUP):
+        return []
+    return sorted(k.removeprefix("done_") for k in store.group(GROUP).array_keys() if k.startswith("done_"))
+
+
 def stored_probe(store: RunStore, name: str) -> dict | None:
     """The probe attrs stored with observable ``name`` (None if it is not allocated)."""
     if not allocated(store, name):

@@ -17,7 +17,7 @@ from devarray.settings import setting_for
 from devarray.slt.hessian import hessian_stats
 from devarray.store import RunStore
 
-from .runner import done, map_checkpoints, pending_steps, prepare_group, write_checkpoint
+from .runner import done, map_checkpoints, pending_steps, prepare_group, selected_steps, write_checkpoint
 
 GROUP = "hessian"
 
@@ -58,8 +58,10 @@ def run(
     threads: int | None = None,
     progress: bool = True,
     wait: bool = False,
+    redo: bool = False,
 ) -> list[dict]:
-    """Hessian statistics at every written checkpoint (or at ``steps``) not yet done."""
+    """Hessian statistics at every written checkpoint (or at ``steps``) not yet done; ``redo``
+    recomputes ``steps`` even if done (with the settings the group already holds)."""
     store = RunStore.open(path)
     for name, value, least in (
         ("batch_size", batch_size, 1),
@@ -69,7 +71,7 @@ def run(
     ):
         if not isinstance(value, int) or value < least:
             raise StoreError(f"{name} must be an integer >= {least}, got {value}", argument=name)
-    pending_steps(store, GROUP, steps)  # refuses steps that are not checkpoints before anything is written
+    selected_steps(store, steps)  # refuses steps that are not checkpoints before anything is written
     attrs = {
         "batch_size": batch_size,
         "num_probes": num_probes,
@@ -88,7 +90,11 @@ def run(
             "Hessian statistics",
             overwrite=overwrite,
         )
-        pending = pending_steps(store, GROUP, steps)
+        if redo:  # these steps only, done or not (what is damaged may include the done flags)
+            pending = selected_steps(store, steps)
+            store.clear_done(GROUP, pending)
+        else:
+            pending = pending_steps(store, GROUP, steps)
         return map_checkpoints(
             _hessian,
             path,
@@ -105,6 +111,14 @@ def run(
             seed=seed,
             settings_id=sid,
         )
+
+
+SETTINGS = ("batch_size", "num_probes", "top_k", "num_lanczos", "seed")
+
+
+def settings_from_attrs(attrs: dict) -> dict:
+    """The arguments of :func:`run` that made a group with these attrs (what ``redo`` uses)."""
+    return {k: int(attrs[k]) for k in SETTINGS}
 
 
 def as_dataset(path):

@@ -8,6 +8,7 @@ estimates made with other settings is refused unless ``overwrite``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict
 
 import numpy as np
@@ -22,7 +23,7 @@ from devarray.slt import SGLDSettings, estimate_llc
 from devarray.slt.sgld import choose_method
 from devarray.store import RunStore
 
-from .runner import done, map_checkpoints, pending_steps, prepare_group, write_checkpoint
+from .runner import done, map_checkpoints, pending_steps, prepare_group, selected_steps, write_checkpoint
 
 GROUP = "llc"
 
@@ -121,9 +122,11 @@ def run(
     threads: int | None = None,
     progress: bool = True,
     wait: bool = False,
+    redo: bool = False,
 ) -> list[dict]:
     """Estimate the LLC at every done checkpoint (or at ``steps``) not yet done; returns one
-    summary dict per checkpoint computed now.
+    summary dict per checkpoint computed now. ``redo`` recomputes ``steps`` even if done (the
+    group must hold these settings already; see :mod:`devarray.pipelines.redo`).
 
     ``compile=True`` runs the gradient under ``torch.compile`` (with the explicit attention, which
     it fuses itself) for about 10–20 s of compiling per checkpoint; it paid off for long chains at
@@ -135,11 +138,15 @@ def run(
             "give a larger dataset or a smaller batch",
             argument="dataset_size",
         )
-    pending_steps(store, GROUP, steps)  # refuses steps that are not checkpoints before anything is written
+    selected_steps(store, steps)  # refuses steps that are not checkpoints before anything is written
     attrs = sampler_attrs(store, settings, seed, dataset_size, init_loss_rows, method, compile)
     with store.writing(GROUP, wait=wait):
         sid = prepare(store, attrs, settings.num_chains, settings.num_draws, overwrite=overwrite)
-        pending = pending_steps(store, GROUP, steps)
+        if redo:  # these steps only, done or not (what is damaged may include the done flags)
+            pending = selected_steps(store, steps)
+            store.clear_done(GROUP, pending)
+        else:
+            pending = pending_steps(store, GROUP, steps)
         return map_checkpoints(
             _estimate,
             path,
@@ -157,6 +164,20 @@ def run(
             compile=compile,
             settings_id=sid,
         )
+
+
+def settings_from_attrs(attrs: dict) -> dict:
+    """The arguments of :func:`run` that made a group with these attrs (the inverse of
+    :func:`sampler_attrs`): what ``redo`` recomputes with."""
+    fields = {f.name for f in dataclasses.fields(SGLDSettings)}
+    return {
+        "settings": SGLDSettings(**{k: attrs[k] for k in fields}),
+        "seed": int(attrs["seed"]),
+        "dataset_size": int(attrs["dataset_size"]),
+        "init_loss_rows": int(attrs["init_loss_rows"]),
+        "method": attrs["method"],
+        "compile": bool(attrs["compile"]),
+    }
 
 
 def summary_table(path) -> str:

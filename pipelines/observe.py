@@ -62,9 +62,11 @@ def run(
     threads: int | None = None,
     progress: bool = True,
     wait: bool = False,
+    redo: bool = False,
 ) -> list[dict]:
     """Compute ``names`` (default: every observable registered for the run's setting) where not
-    yet done, at every written checkpoint or at ``steps``."""
+    yet done, at every written checkpoint or at ``steps``; ``redo`` recomputes them at ``steps``
+    even where done (they must be allocated already, with the same probe)."""
     modules = list(modules)
     import_modules(modules)
     store = RunStore.open(path)
@@ -80,6 +82,8 @@ def run(
         )
     wanted = selected_steps(store, steps)
     with store.writing(storage.GROUP, wait=wait):
+        if redo:
+            store.clear_done(storage.GROUP, wanted, flags=[storage.done_flag(n) for n in names])
         return _run(
             store,
             path,
@@ -94,6 +98,19 @@ def run(
             threads=threads,
             progress=progress,
         )
+
+
+def settings_from_store(store: RunStore) -> dict:
+    """The arguments of :func:`run` that made the stored observables (what ``redo`` uses)."""
+    names = storage.allocated_names(store)
+    g = store.group(storage.GROUP) if names else {}
+    seeds = {g[k].attrs.get("probe_seed", 0) for k in (g.array_keys() if names else ()) if "observable" in g[k].attrs}
+    if len(seeds) > 1:
+        raise StoreError(
+            f"the observables of {store.path} were measured on probes of several seeds ({sorted(seeds)}); "
+            "redo them one seed at a time with devarray observe --probe-seed"
+        )
+    return {"names": names, "probe_seed": int(seeds.pop()) if seeds else 0}
 
 
 def _run(

@@ -4,6 +4,8 @@ The one source of every stored variable's metadata: :mod:`devarray.store` create
 these specs and validates stores against them, and the code that computes a group's variables
 takes their attrs from here (:func:`attrs`) and checks its in-memory results with
 :func:`validate`. A setting's ``eval`` group follows its own schema (``eval_lr``, ...).
+``finite: true`` (or ``finite_unless: FLAG``, ``dynamic_finite`` for a dynamic group's
+variables) says a variable must be finite at every done step; ``devarray verify`` checks it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Store integrity (issue 12): bad inputs end in one line and exit 2 with nothing written; faults
 never leave a number under the wrong label."""
 
+import math
 import shutil
 import subprocess
 import sys
@@ -107,6 +108,105 @@ def test_bad_inputs_one_line_nothing_written(store, capsys, tmp_path, argv):
     _one_line_exit_2(argv + (["--quiet"] if argv[0] in ("llc", "hessian", "observe") else []), capsys)
     assert snapshot(store) == before
     assert not (tmp_path / "fig.jpg").exists() and not (tmp_path / "fig.jpg.png").exists()
+
+
+# the fixed arguments each subcommand needs before its options (a new subcommand must be added)
+BASE_ARGV = {
+    "train": ["train", "lr", "--out", "{T}/new.zarr"],
+    "llc": ["llc", "{S}"],
+    "calibrate": ["calibrate", "{S}"],
+    "observe": ["observe", "{S}"],
+    "hessian": ["hessian", "{S}"],
+    "stages": ["stages", "{S}"],
+    "figure": ["figure", "{S}", "-o", "{T}/f.png"],
+    "compare": ["compare", "{S}", "--from", "0", "--to", "100"],
+    "demo": ["demo", "--out-dir", "{T}/demo"],
+    "app": ["app", "{S}"],
+    "info": ["info", "{S}"],
+    "verify": ["verify", "{S}"],
+    "redo": ["redo", "{S}", "llc", "--steps", "0"],
+}
+
+
+def _typed_options():
+    """(subcommand, flag, bounds) of every numeric option of every subcommand, from the parser."""
+    import argparse
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == set(BASE_ARGV), "add the new subcommand to BASE_ARGV"
+    out = []
+    for command, p in sub.choices.items():
+        for action in p._actions:
+            bounds = getattr(action.type, "bounds", None)
+            if action.option_strings and (bounds or action.type is cli._positive_list):
+                out.append((command, max(action.option_strings, key=len), bounds))
+    return out
+
+
+TYPED = _typed_options()
+
+
+@st.composite
+def bad_value(draw, bounds):
+    """A value the option's type must refuse: out of its bounds, not finite, or not a number."""
+    junk = st.sampled_from(["nan", "inf", "-inf", "x", "", "1e999", "0x10"])
+    if bounds is None:  # a list of positive numbers
+        return draw(st.one_of(junk, st.floats(max_value=0, allow_nan=False).map(lambda v: f"0.1,{v!r}")))
+    kind, low, low_ok, high, high_ok = bounds
+    options = [junk]
+    if kind is int:
+        options.append(st.sampled_from(["1.5", "2e0", "one"]))
+    if low is not None:
+        below = low if not low_ok else low - (1 if kind is int else 1e-9)
+        options.append(
+            st.integers(max_value=int(math.floor(below))).map(str)
+            if kind is int
+            else st.floats(max_value=below, allow_nan=False, allow_infinity=False).map(repr)
+        )
+    if high is not None:
+        above = high if not high_ok else high + 1e-9
+        options.append(st.floats(min_value=above, allow_nan=False, allow_infinity=False).map(repr))
+    return draw(st.one_of(options))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_every_numeric_option_of_every_subcommand_refuses_bad_values(tiny_store, tmp_path_factory, capsys, data):
+    """Generated from the parser: each subcommand's every numeric option, given a value its type
+    refuses, exits 2 with one line before anything is written."""
+    command, flag, bounds = data.draw(st.sampled_from(TYPED))
+    value = data.draw(bad_value(bounds))
+    out = tmp_path_factory.mktemp("bad")
+    argv = [a.replace("{S}", str(tiny_store)).replace("{T}", str(out)) for a in BASE_ARGV[command]]
+    before = snapshot(tiny_store)
+    err = _one_line_exit_2([*argv, f"{flag}={value}"], capsys)
+    assert flag in err
+    assert snapshot(tiny_store) == before and not any(out.iterdir())
+
+
+def _commands_with(flag: str) -> list[str]:
+    import argparse
+
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return [c for c, p in sub.choices.items() if any(flag in a.option_strings for a in p._actions)]
+
+
+@pytest.mark.parametrize("command", [c for c in _commands_with("--steps") if c != "train"])  # train's is a count
+@pytest.mark.parametrize("steps", ["999999", "0,7", "x", "1;2", "-1"])
+def test_every_steps_option_refuses_steps_that_are_not_checkpoints(store, tmp_path, capsys, command, steps):
+    argv = [a.replace("{S}", str(store)).replace("{T}", str(tmp_path)) for a in BASE_ARGV[command]]
+    argv = [a for i, a in enumerate(argv) if a != "--steps" and (i == 0 or argv[i - 1] != "--steps")]
+    before = snapshot(store)
+    err = _one_line_exit_2([*argv, f"--steps={steps}", "--quiet"], capsys)
+    assert "--steps" in err or "steps" in err
+    assert snapshot(store) == before
+
+
+def test_typed_options_cover_every_subcommand_that_takes_numbers():
+    commands = {c for c, _, _ in TYPED}
+    assert {"train", "llc", "calibrate", "hessian", "stages", "compare", "demo", "redo"} <= commands
+    assert len(TYPED) >= 30
 
 
 def test_calibrate_out_that_exists_is_refused_before_any_work(store, tmp_path, capsys):

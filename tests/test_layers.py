@@ -21,6 +21,7 @@ ALLOWED = {
     "observables": {"models", "tasks", "seeding"},
     "store": {"__init__", "errors", "schemas"},
     "store_observables": {"errors", "observables", "store"},
+    "verify": {"errors", "schemas", "store"},
     "settings": {"errors", "models", "observables", "schedules", "seeding", "slt", "tasks"},
     "checkpoints": {"errors", "settings", "store"},
     "train": {"checkpoints", "errors", "observables", "settings", "store", "store_observables"},
