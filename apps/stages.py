@@ -216,6 +216,9 @@ class StagesExplorer(pn.viewable.Viewer):
     )
     tab = param.Integer(default=0, bounds=(0, 2), doc="Shown tab: runs, variables, checkpoint.")
     refreshed = param.Integer(default=0, doc="Bumped by refresh(); views redraw.")
+    lead_revision = param.Integer(
+        default=0, doc="Bumped with the lead run's variable and step in one update: its views redraw once."
+    )
     message = param.String(default="", doc="Last refresh's note.")
 
     def __init__(self, patterns: list[str] | None = None, **params):
@@ -226,7 +229,6 @@ class StagesExplorer(pn.viewable.Viewer):
         if not self.runs:
             self.runs = self.paths[:1]
         self.param.watch(self._lead_changed, "runs")
-        self.param.watch(self._variable_changed, "variable")
         self._lead_changed()
 
     # ----------------------------------------------------------------- runs and refresh
@@ -303,11 +305,8 @@ class StagesExplorer(pn.viewable.Viewer):
         before = dict(self.tokens)
         self._scan()
         changed = [run_name(p) for p in self.tokens if before.get(p) != self.tokens[p]]
-        self._lead_changed()
-        self.message = f"refreshed {time.strftime('%H:%M:%S')}: " + (
-            ", ".join(changed) + " changed" if changed else "nothing new"
-        )
-        self.refreshed += 1
+        note = ", ".join(changed) + " changed" if changed else "nothing new"
+        self._lead_changed(refreshed=self.refreshed + 1, message=f"refreshed {time.strftime('%H:%M:%S')}: {note}")
 
     def poll(self) -> None:
         """The periodic callback: refresh only when a store changed."""
@@ -320,7 +319,10 @@ class StagesExplorer(pn.viewable.Viewer):
         if now != self.tokens:
             self.refresh()
 
-    def _lead_changed(self, *_) -> None:
+    def _lead_changed(self, *_, **also) -> None:
+        """A new lead run (or a refresh): its variables and checkpoints become the choices, and
+        the variable and step change with ``lead_revision`` (and ``also``) in one update,
+        so every view that shows the lead redraws once, not once per parameter."""
         lead = self.lead
         try:
             variables = self.variable_options() if lead else {}
@@ -332,14 +334,18 @@ class StagesExplorer(pn.viewable.Viewer):
             steps = []
         self.param.variable.objects = variables
         self.param.step.objects = steps
-        with param.parameterized.batch_call_watchers(self):
-            values = list(variables.values())
-            if self.variable not in values:
-                default = [v for v in values if v.startswith("observables/")] or values
-                self.variable = default[0] if default else None
-            if self.step not in steps:
-                self.step = steps[-1] if steps else None
-        self._variable_changed()
+        values = list(variables.values())
+        variable = self.variable
+        if variable not in values:
+            default = [v for v in values if v.startswith("observables/")] or values
+            variable = default[0] if default else None
+        step = self.step if self.step in steps else (steps[-1] if steps else None)
+        self.param.update(
+            variable=variable,
+            step=step,
+            lead_revision=self.lead_revision + 1,
+            **also,
+        )
 
     # ----------------------------------------------------------------- the runs tab
     def _stages(self, path: str) -> xr.Dataset:
@@ -582,43 +588,44 @@ class StagesExplorer(pn.viewable.Viewer):
                     options[label] = f"{group}/{name}"
         return options
 
-    def variable_array(self) -> xr.DataArray:
-        """The explored variable over the lead run's done checkpoints (still lazy)."""
-        if not self.variable:
+    def variable_array(self, variable: str | None = None) -> xr.DataArray:
+        """The explored variable (or ``variable``) over the lead run's done checkpoints (still lazy)."""
+        variable = variable or self.variable
+        if not variable:
             raise MissingData("no variable with a step dim in this run yet")
-        group, name = self.variable.split("/", 1)
+        group, name = variable.split("/", 1)
         ds = self.dataset(self.lead, group)
         da = ds[name]
         observable = da.attrs.get("observable", name)
         flag = f"done_{observable}" if f"done_{observable}" in ds else "done"
         return da.sel(step=self.done_steps(self.lead, group, flag))
 
-    def default_dims(self) -> dict[str, list]:
-        """All labels of short dims (a line each), the first label of longer ones."""
+    def selected_dims(self) -> dict[str, list]:
+        """The labels shown along each non-step dim of the variable: the user's choice (``dims``)
+        where it names labels of that dim, else all labels of a short dim and the first of a long
+        one. Derived, not stored, so a new variable redraws once (and keeps a choice that fits)."""
         try:
             da = self.variable_array()
         except Exception:  # noqa: BLE001
             return {}
         ds = self.dataset(self.lead, self.variable.split("/", 1)[0])
-        return {d: (_labels(ds, d) if da.sizes[d] <= 8 else _labels(ds, d)[:1]) for d in da.dims if d != "step"}
-
-    def _variable_changed(self, *_) -> None:
-        self.dims = self.default_dims()
+        out = {}
+        for d in da.dims:
+            if d == "step":
+                continue
+            labels = _labels(ds, d)
+            chosen = [v for v in self.dims.get(d, ()) if v in labels]
+            out[d] = chosen or (labels if len(labels) <= 8 else labels[:1])
+        return out
 
     def variable_data(self) -> xr.DataArray:
         """The selection (``dims``) of the explored variable, read: only these chunks, only these
         labels, stacked into ``line`` when it has other dims."""
         da = self.variable_array()
         ds = self.dataset(self.lead, self.variable.split("/", 1)[0])
-        for d in da.dims:
-            if d == "step":
-                continue
-            chosen = self.dims.get(d) or _labels(ds, d)[:1]
+        for d, chosen in self.selected_dims().items():
             labels = _labels(ds, d)
-            index = [labels.index(v) for v in chosen if v in labels]
-            if not index:
-                raise MissingData(f"none of {chosen} is a label of {d}")
-            da = da.isel({d: index})
+            da = da.isel({d: [labels.index(v) for v in chosen]})
         other = [d for d in da.dims if d != "step"]
         n = int(np.prod([da.sizes[d] for d in other])) if other else 1
         if n > MAX_LINES:
@@ -628,17 +635,13 @@ class StagesExplorer(pn.viewable.Viewer):
 
     def dim_widgets(self) -> list[pn.widgets.Widget]:
         """A widget per non-step dim of the variable, labelled from its coordinate's attrs."""
-        try:
-            da = self.variable_array()
-        except Exception:  # noqa: BLE001
+        selected = self.selected_dims()  # {} when the variable cannot be read: its view says why
+        if not selected:
             return []
         ds = self.dataset(self.lead, self.variable.split("/", 1)[0])
         widgets = []
-        for d in da.dims:
-            if d == "step":
-                continue
+        for d, chosen in selected.items():
             labels = _labels(ds, d)
-            chosen = self.dims.get(d, labels[:1])
             if len(labels) > CHOICE_LIMIT:
                 w = pn.widgets.DiscreteSlider(
                     label=_dim_label(ds, d),
@@ -646,7 +649,7 @@ class StagesExplorer(pn.viewable.Viewer):
                     value=chosen[0] if chosen else labels[0],
                     sizing_mode="stretch_width",
                 )
-                w.param.watch(lambda e, d=d: self.param.update(dims={**self.dims, d: [e.new]}), "value")
+                w.param.watch(lambda e, d=d: self.param.update(dims={**self.selected_dims(), d: [e.new]}), "value")
             else:
                 w = pn.widgets.MultiChoice(
                     label=_dim_label(ds, d),
@@ -654,11 +657,11 @@ class StagesExplorer(pn.viewable.Viewer):
                     value=[v for v in chosen if v in labels],
                     sizing_mode="stretch_width",
                 )
-                w.param.watch(lambda e, d=d: self.param.update(dims={**self.dims, d: list(e.new)}), "value")
+                w.param.watch(lambda e, d=d: self.param.update(dims={**self.selected_dims(), d: list(e.new)}), "value")
             widgets.append(w)
         return widgets
 
-    @param.depends("variable", "dims", "runs", "refreshed")
+    @param.depends("variable", "dims", "lead_revision")
     @guarded("Variable")
     def variable_view(self) -> pn.viewable.Viewable:
         da = self.variable_data()
@@ -697,7 +700,7 @@ class StagesExplorer(pn.viewable.Viewer):
             sizing_mode="stretch_width",
         )
 
-    @param.depends("variable", "runs", "refreshed")
+    @param.depends("variable", "lead_revision")
     def explorer_controls(self) -> pn.viewable.Viewable:
         select = pn.widgets.Select.from_param(
             self.param.variable, label="variable (group / name — long name)", sizing_mode="stretch_width"
@@ -718,7 +721,7 @@ class StagesExplorer(pn.viewable.Viewer):
         """Every head's attention on the setting's probe context at the shown checkpoint."""
         return _attention(self.lead, self._lead_step(), self.tokens[self.lead])
 
-    @param.depends("step", "runs", "refreshed")
+    @param.depends("step", "lead_revision")
     @guarded("Attention")
     def attention_view(self) -> pn.viewable.Viewable:
         a = self.attention_data()
@@ -776,7 +779,7 @@ class StagesExplorer(pn.viewable.Viewer):
             raise MissingData(f"{run_name(self.lead)}'s model has no layer-norm parameters ('ln' in the name)")
         return {v: ds[v].sel(step=step).load() for v in sorted(names)}
 
-    @param.depends("step", "runs", "refreshed")
+    @param.depends("step", "lead_revision")
     @guarded("Layer norms")
     def ln_view(self) -> pn.viewable.Viewable:
         data = self.ln_data()
@@ -843,7 +846,7 @@ class StagesExplorer(pn.viewable.Viewer):
             pass  # llc_ess is stored per chain; R-hat needs arviz
         return trace, table, summary
 
-    @param.depends("step", "runs", "refreshed")
+    @param.depends("step", "lead_revision")
     @guarded("SGLD chains")
     def sgld_view(self) -> pn.viewable.Viewable:
         trace, table, summary = self.chain_data()

@@ -156,7 +156,7 @@ def test_variable_explorer_offers_every_step_variable_with_widgets_from_its_labe
     assert {"eval/test_loss", "llc/llc_trace", "observables/attn_entropy", "params/ln_out.weight"} <= options
     assert not any(v.split("/")[1].startswith("done") for v in options)
     explorer.variable = "observables/attn_entropy"
-    assert explorer.dims == {"layer": [0, 1], "head": [0, 1, 2, 3], "query": ["x", "y"]}  # short dims: all
+    assert explorer.selected_dims() == {"layer": [0, 1], "head": [0, 1, 2, 3], "query": ["x", "y"]}  # short: all
     assert explorer.variable_data().sizes["line"] == 16
     explorer.dims = {"layer": [1], "head": [0, 2, 3], "query": ["y"]}
     data = explorer.variable_data()
@@ -173,12 +173,12 @@ def test_variable_explorer_offers_every_step_variable_with_widgets_from_its_labe
 def test_long_dims_get_a_slider_and_widgets_use_long_name(explorer, monkeypatch):
     monkeypatch.setattr(app, "CHOICE_LIMIT", 10)
     explorer.variable = "llc/llc_trace"
-    assert explorer.dims == {"chain": [0, 1, 2], "draw": [0]}  # 40 draws: only the first
+    assert explorer.selected_dims() == {"chain": [0, 1, 2], "draw": [0]}  # 40 draws: only the first
     widgets = {w.label: w for w in explorer.dim_widgets()}
     assert set(widgets) == {"SGLD chain (chain)", "SGLD draw (draw)"}
     assert isinstance(widgets["SGLD draw (draw)"], pn.widgets.DiscreteSlider)
     widgets["SGLD draw (draw)"].value = 39
-    assert explorer.dims["draw"] == [39]
+    assert explorer.selected_dims()["draw"] == [39]
     assert explorer.variable_data().sizes["line"] == 3
 
 
@@ -201,6 +201,48 @@ def test_a_new_observable_appears_after_a_refresh(explorer, runs):
     finally:
         del store.root["observables/my_obs"], store.root["observables/done_my_obs"]
         store.consolidate()
+
+
+def test_each_switch_redraws_each_view_at_most_once(explorer, runs, monkeypatch):
+    """A click costs one redraw of each view it changes (a run switch used to redraw the
+    checkpoint and variable views twice: once for the run, once for its new step/variable)."""
+    _, paths = runs
+    calls = {}
+
+    def counting(name):
+        real = getattr(app.StagesExplorer, name)
+
+        def wrapped(self, *a, **k):
+            calls[name] = calls.get(name, 0) + 1
+            return real(self, *a, **k)
+
+        return wrapped
+
+    for name in ("run_curves", "variable_data", "attention_data", "ln_data", "chain_data"):
+        monkeypatch.setattr(app.StagesExplorer, name, counting(name))
+    views = ("runs_view", "stage_table_view", "variable_view", "attention_view", "ln_view", "sgld_view")
+    roots = [pn.panel(getattr(explorer, v)).get_root() for v in views]
+    assert len(roots) == len(views)
+    steps = explorer.param.step.objects
+    variables = list(explorer.param.variable.objects.values())
+    for change, expected in (
+        (
+            lambda: setattr(explorer, "runs", [paths[1]]),
+            {"run_curves", "variable_data", "attention_data", "ln_data", "chain_data"},
+        ),
+        (
+            lambda: setattr(explorer, "variable", next(v for v in variables if v != explorer.variable)),
+            {"variable_data"},
+        ),
+        (
+            lambda: setattr(explorer, "step", next(s for s in steps if s != explorer.step)),
+            {"attention_data", "ln_data", "chain_data"},
+        ),
+        (lambda: explorer.refresh(), {"run_curves", "variable_data", "attention_data", "ln_data", "chain_data"}),
+    ):
+        calls.clear()
+        change()
+        assert calls == dict.fromkeys(expected, 1), calls
 
 
 def test_checkpoint_view_snaps_to_stored_checkpoints(explorer):
