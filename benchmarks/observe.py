@@ -17,11 +17,10 @@ import time
 from collections import defaultdict
 
 import torch
-import xarray as xr
 
 from devarray import observables as obs
 from devarray.models.regression import RegressionTransformer
-from devarray.observables.registry import REGISTRY, Registry
+from devarray.observables.registry import REGISTRY
 from devarray.observables.regression import make_probe
 from devarray.observables.regression.probes import forward, ood_predictions
 from devarray.observables.regression.structure import _summary
@@ -32,35 +31,6 @@ SHARED = {
     "[shared] forward, OOD batches": ood_predictions,
     "[shared] attention summary (eqs. 20-22)": _summary,
 }
-
-
-def timed_registry(times: dict[str, list[float]]) -> Registry:
-    """The shared computations, then every registered observable, each timed as it runs in one
-    ``compute`` call; since the shared results are cached first, an observable's time is its own."""
-    reg = Registry()
-
-    def timer(name, func):
-        def run(model, probe):
-            t0 = time.perf_counter()
-            out = func(model, probe)
-            times[name].append(time.perf_counter() - t0)
-            return out if isinstance(out, (xr.DataArray, xr.Dataset)) else xr.DataArray(0.0)
-
-        return run
-
-    for i, (name, func) in enumerate(SHARED.items()):
-        reg.observable(name=f"shared{i}", description=name)(timer(name, func))
-    for name in REGISTRY.names(task="regression"):
-        spec = REGISTRY.get(name)
-        reg.observable(
-            name=name,
-            train_time=spec.train_time,
-            variables={
-                v.name: dict(dims=v.dims, units=v.units, long_name=v.long_name, description=v.description)
-                for v in spec.variables
-            },
-        )(timer(name, spec.func))
-    return reg
 
 
 def main() -> None:
@@ -89,7 +59,7 @@ def measure(models: list[torch.nn.Module], probe) -> None:
     obs.compute(models[0], names, probe)  # warm-up
     baseline, total, train_time = [], [], []
     parts: dict[str, list[float]] = defaultdict(list)
-    reg = timed_registry(parts)
+    reg, order = REGISTRY.timed(names, parts, first=SHARED)
     for model in models:
         with torch.no_grad():
             t0 = time.perf_counter()
@@ -101,7 +71,7 @@ def measure(models: list[torch.nn.Module], probe) -> None:
         t0 = time.perf_counter()
         obs.compute(model, obs.names(train_time=True), probe)
         train_time.append(time.perf_counter() - t0)
-        reg.compute(model, [f"shared{i}" for i in range(len(SHARED))] + names, probe)  # shared parts first
+        reg.compute(model, order, probe)  # shared parts first, so each observable's time is its own
 
     med = statistics.median  # robust to the other processes that share a small CPU
     print(f"\n== torch threads {torch.get_num_threads()}")

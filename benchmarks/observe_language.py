@@ -17,11 +17,10 @@ import time
 from collections import defaultdict
 
 import torch
-import xarray as xr
 
 from devarray.observables.language import behaviour, structure
 from devarray.observables.language.probes import probe_data
-from devarray.observables.registry import REGISTRY, Registry
+from devarray.observables.registry import REGISTRY
 from devarray.settings import get
 from devarray.settings.language import LanguageProbe, fixed, token_source
 
@@ -31,32 +30,6 @@ SHARED = {
     "[shared] previous-token attention (C.2.3)": structure.prev_token_scores,
     "[shared] prefix-matching attention (C.2.4)": structure.prefix_matching_scores,
 }
-
-
-def timed_registry(times: dict[str, list[float]]) -> Registry:
-    reg = Registry()
-
-    def timer(name, func):
-        def run(model, probe):
-            t0 = time.perf_counter()
-            out = func(model, probe)
-            times[name].append(time.perf_counter() - t0)
-            return out if isinstance(out, (xr.DataArray, xr.Dataset)) else xr.DataArray(0.0)
-
-        return run
-
-    for i, (name, func) in enumerate(SHARED.items()):
-        reg.observable(name=f"_shared{i}", description=name)(timer(name, func))
-    for name in REGISTRY.names(task="language"):
-        spec = REGISTRY.get(name)
-        reg.observable(
-            name=name,
-            variables={
-                v.name: dict(dims=v.dims, units=v.units, long_name=v.long_name, description=v.description)
-                for v in spec.variables
-            },
-        )(timer(name, spec.func))
-    return reg
 
 
 def main() -> None:
@@ -77,8 +50,7 @@ def main() -> None:
     probe = LanguageProbe(tokens, 0, probe_data(token_source(config), tokens, 0, **kw))
     print(f"preset {args.preset}: probe built in {time.perf_counter() - t0:.1f}s ({probe.attrs()})")
     times: dict[str, list[float]] = defaultdict(list)
-    reg = timed_registry(times)
-    names = reg.names()
+    reg, names = REGISTRY.timed(REGISTRY.names(task="language"), times, first=SHARED)
     wall, cpu, base = [], [], []
     for i in range(args.checkpoints):
         torch.manual_seed(i)

@@ -209,3 +209,18 @@ def test_compute_all_is_deterministic_and_train_time_path_identical(model):
     assert set(full.data_vars) == set(obs.variables(names))
     train_time = obs.compute(model, obs.names(train_time=True), probe)
     xr.testing.assert_identical(train_time, full[list(train_time.data_vars)])
+
+
+def test_a_timed_registry_gives_the_same_values_and_one_time_per_part(model):
+    from collections import defaultdict
+
+    probe = make_probe(RegressionTask(D=2, K=3), seed=0, n=64, n_ood=8)
+    names = obs.names(task="regression")
+    times = defaultdict(list)
+    shared = {"[shared] a forward pass": lambda m, p: m(p.tokens)}
+    timed, order = obs.REGISTRY.timed(names, times, first=shared)
+    assert order[0] == "_shared0" and order[1:] == names
+    got = timed.compute(model, order, probe).drop_vars("_shared0")
+    xr.testing.assert_identical(got, obs.compute(model, names, probe))
+    assert set(times) == {*names, "[shared] a forward pass"} and all(len(v) == 1 for v in times.values())
+    assert all(v[0] >= 0 for v in times.values())

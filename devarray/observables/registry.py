@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -130,6 +131,36 @@ class Registry:
             return func
 
         return register
+
+    def timed(
+        self, names: Iterable[str], times: dict[str, list[float]], first: Mapping[str, Callable] | None = None
+    ) -> tuple[Registry, list[str]]:
+        """A registry of ``names`` whose observables append their seconds to ``times[name]`` as
+        they run inside one ``compute`` call, and the names to compute, in order (for benchmarks).
+        ``first`` (label -> ``f(model, probe)``) are the shared computations observables cache
+        (forward passes, attention summaries): run and timed before the rest, so that each
+        observable's time is its own work."""
+        reg = Registry()
+
+        def timer(label, func):
+            def run(model, probe):
+                t0 = time.perf_counter()
+                out = func(model, probe)
+                times[label].append(time.perf_counter() - t0)
+                return out if isinstance(out, (xr.DataArray, xr.Dataset)) else xr.DataArray(0.0)
+
+            return run
+
+        order = []
+        for i, (label, func) in enumerate((first or {}).items()):
+            reg.observable(name=f"_shared{i}", description=label)(timer(label, func))
+            order.append(f"_shared{i}")
+        for name in names:
+            spec = self.get(name)
+            variables = {v.name: {"dims": v.dims, **v.attrs()} for v in spec.variables}
+            reg.observable(name=name, train_time=spec.train_time, variables=variables)(timer(name, spec.func))
+            order.append(name)
+        return reg, order
 
     def _add(self, spec: ObservableSpec, replace: bool) -> None:
         old = self._specs.get(spec.name)
