@@ -331,3 +331,37 @@ def test_serve_prints_its_address(runs, capsys):
     server = serve([str(root / "*.zarr")], start=False)
     out = capsys.readouterr().out
     assert f":{server.port}/stages" in out
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory):
+    """A tiny language-model run with a synthetic llc group and stages: the app knows no setting."""
+    from devarray.train import make_config, train
+
+    path = tmp_path_factory.mktemp("app_lm") / "lm-tiny-s0.zarr"
+    train(path, make_config("lm", "tiny", seed=0), progress=False)
+    store = RunStore.open(path)
+    synthetic.write_llc(store, chains=3, draws=40, seed=0)
+    synthetic.write_stages(store)
+    return path
+
+
+def test_a_language_run_is_served_through_the_setting_seam(lm_run):
+    from devarray.checkpoints import load_model
+    from devarray.settings import setting_for
+
+    ex = app.StagesExplorer([str(lm_run)])
+    views = (ex.runs_view, ex.stage_table_view, ex.variable_view, ex.attention_view, ex.ln_view, ex.sgld_view)
+    for view in views:
+        assert not isinstance(view(), pn.pane.Alert), view().object
+    store = RunStore.open(lm_run, mode="r")
+    a = ex.attention_data()
+    expected = setting_for(store.config).attention(load_model(store, ex.step), store.config)
+    xr.testing.assert_identical(a, expected)
+    # the axes are the probe context's decoded tokens (strings), one heatmap per layer and head
+    assert a.query_pos.dtype.kind in "UO" and a.sizes["layer"] == store.config["model"]["n_layers"]
+    layout = ex.attention_view()[1].object
+    assert len(layout) == a.sizes["layer"] * a.sizes["head"]
+    ticks = dict(layout[0].opts.get().kwargs["yticks"])
+    assert list(ticks.values()) == [str(v) for v in a.query_pos.values] and ticks[0].endswith("<bos>")
+    assert "eval/test_loss" in ex.param.variable.objects.values()
