@@ -270,6 +270,7 @@ def _cmd_info(args) -> None:
 
     for path in args.stores:
         print(RunStore.open(path, mode="r").summary())
+    print("(from the done flags; `devarray verify STORE` reads every chunk)")
 
 
 def _cmd_verify(args) -> None:
