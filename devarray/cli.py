@@ -280,6 +280,13 @@ def _steps(text: str | None) -> list[int] | None:
         raise ConfigError(f"--steps takes comma-separated integers, got {text!r}") from None
 
 
+def _names(text: str | None) -> list[str] | None:
+    """A comma-separated list of names ("heads,layer 0 attn"), or None when not given."""
+    if text is None:
+        return None
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
 def _writable_dir(path: Path, what: str) -> None:
     path = path if str(path) else Path(".")
     if path.exists() and not os.access(path, os.W_OK):
@@ -319,9 +326,14 @@ def _llc_settings(args, setting, config: dict):
             "beta_tilde",
             "localization",
             "gamma_tilde",
+            "sampler",
+            "rmsprop_alpha",
+            "rmsprop_eps",
         )
-        if getattr(args, k) is not None
+        if getattr(args, k, None) is not None
     }
+    if given.get("sampler", "sgld") != "rmsprop_sgld" and {"rmsprop_alpha", "rmsprop_eps"} & set(given):
+        raise ConfigError("--rmsprop-alpha and --rmsprop-eps set the rmsprop_sgld sampler; add --sampler rmsprop_sgld")
     base = {k: v for k, v in vars(preset).items() if k != "dataset_size"}
     if {"nbeta", "beta_tilde"} & set(given) or "epsilon" in given:
         base.pop("beta_tilde")  # an override of either temperature knob replaces the preset's
@@ -354,9 +366,13 @@ def _cmd_llc(args) -> None:
             f"eps={settings.epsilon:g} beta~={settings.beta_tilde:g} (nbeta={settings.nbeta:.4g}) "
             f"gamma~={settings.gamma_tilde:g}, m={settings.batch_size}, n={n}"
         )
+        if settings.sampler != "sgld":
+            print(f"sampler {settings.sampler} (alpha={settings.rmsprop_alpha:g}, delta={settings.rmsprop_eps:g})")
         results = llc.run(
             path,
             settings,
+            restrictions=_names(args.restrict),
+            data=_names(args.data),
             seed=args.seed,
             dataset_size=n,
             steps=_steps(args.steps),
@@ -531,6 +547,29 @@ def build_parser() -> argparse.ArgumentParser:
     ll.add_argument("--localization", "--gamma", dest="localization", type=POSITIVE)
     ll.add_argument("--gamma-tilde", type=POSITIVE, help="ε γ / 2")
     ll.add_argument("--seed", type=SEED, default=0, help="SGLD seed, the same at every checkpoint (A.4.2)")
+    ll.add_argument(
+        "--restrict",
+        metavar="NAMES",
+        help="weight-refined LLCs: comma-separated restrictions of the setting's vocabulary, e.g. 'heads', "
+        "'head 0.3,layer 1 attn,embed' (writes a restriction dim; an unknown name lists the vocabulary)",
+    )
+    ll.add_argument(
+        "--data",
+        metavar="NAMES",
+        help="data-refined LLCs: comma-separated SGLD datasets the setting builds, e.g. 'train,bigram' (lm) or "
+        "'ood-inputs-g10' (lr) (writes a data dim; an unknown name lists them)",
+    )
+    ll.add_argument(
+        "--sampler",
+        choices=["sgld", "rmsprop_sgld"],
+        help="sgld (default) or rmsprop_sgld: RMSProp-preconditioned SGLD (Li et al. 2016, devinterp's)",
+    )
+    ll.add_argument(
+        "--rmsprop-alpha",
+        type=_number(float, low=0, high=1, high_ok=False, what="a number in [0, 1)"),
+        help="decay of the running mean square gradient (rmsprop_sgld; default 0.99)",
+    )
+    ll.add_argument("--rmsprop-eps", type=POSITIVE, help="δ in G = 1/(√v + δ) (rmsprop_sgld; default 0.1)")
     ll.add_argument(
         "--compile",
         action="store_true",
