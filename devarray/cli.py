@@ -203,7 +203,11 @@ def figure_inputs(path) -> tuple:
     store = RunStore.open(path, mode="r")
     parts = [done(store.dataset("eval"))[["test_loss", "weight_norm"]]]
     if store.has_group("llc") and len(store.done_steps("llc")):
-        parts.append(done(store.dataset("llc"))[["llc_mean", "llc_std"]])
+        from devarray.pipelines.stages import _unrefined
+
+        curves = _unrefined(done(store.dataset("llc")))[["llc_mean", "llc_std"]]
+        if curves.llc_mean.dims == ("step",):  # a refined group without "all" has no plain curve
+            parts.append(curves)
     ds = xr.merge(parts, join="outer").load()
     if not store.has_group("stages"):
         return ds, None, {}
@@ -236,11 +240,34 @@ def _figure(paths: list[str], out) -> None:
     plots.save_png(fig, out)
 
 
+def _refined_figure(paths: list[str], out) -> None:
+    """Refined LLC curves of one run over log step with its stage shading (issue 17)."""
+    from devarray.pipelines.runner import done
+
+    from . import plots
+
+    if len(paths) != 1:
+        raise ConfigError("--refined draws one run; give one store")
+    store = RunStore.open(paths[0], mode="r")
+    if not store.has_group("llc") or not len(store.done_steps("llc")):
+        raise StoreError(f"{paths[0]} has no done llc checkpoints; run `devarray llc {paths[0]} --restrict heads,all`")
+    ds = done(store.dataset("llc")).load()
+    if "restriction" not in ds.dims:
+        raise StoreError(
+            f"the llc group of {paths[0]} holds no refined LLCs; run `devarray llc {paths[0]} --restrict heads,all "
+            "--overwrite` (all keeps the curve the stages divide)"
+        )
+    stages = store.dataset("stages").load() if store.has_group("stages") else None
+    plots.save_png(plots.refined_figure(ds, stages), out)
+
+
 def _cmd_figure(args) -> None:
     if Path(args.output).suffix.lower() != ".png":
         raise ConfigError(f"the figure is a PNG; give -o a name ending in .png, not {args.output}")
     _writable_dir(Path(args.output).parent, "-o")
-    if args.metrics:
+    if args.refined:
+        _refined_figure(args.stores, args.output)
+    elif args.metrics:
         from .plots_language import store_metrics_figure
 
         if len(args.stores) != 1:
@@ -646,6 +673,11 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("stores", nargs="+")
     fi.add_argument("-o", "--output", default="figure.png", help="PNG file to write")
     fi.add_argument("--metrics", action="store_true", help="figure 4 of a language run: its appendix-C metrics")
+    fi.add_argument(
+        "--refined",
+        action="store_true",
+        help="refined LLC curves (devarray llc --restrict): one panel per layer's heads, stage shading",
+    )
     fi.set_defaults(func=_cmd_figure)
 
     co = sub.add_parser("compare", help="largest true-next-token logit changes between two checkpoints (C.1.4)")

@@ -127,3 +127,29 @@ def test_bad_refined_options_one_line_nothing_written(store, capsys, extra, expe
     err = _one_line_exit_2(["llc", str(store), "--preset", "tiny", "--quiet", *extra], capsys)
     assert __import__("re").search(expect, err), err
     assert not RunStore.open(store).has_group("llc")
+
+
+def test_stages_and_figures_of_a_refined_group(store, tmp_path):
+    # with "all" among the restrictions the stages divide the ordinary LLC curve; the refined
+    # figure draws a panel per layer's heads and one for the rest, each shaded by stage
+    import holoviews as hv
+    from devarray.pipelines import stages
+
+    from devarray import plots
+
+    steps = [0, 1, 3, 8, 22, 56, 100]
+    llc.run(store, SETTINGS, steps=steps, restrictions=["head 0.0", "head 1.2", "all"], **RUN)
+    got = stages.compute(RunStore.open(store))
+    assert got.attrs["variable"] == "llc_mean" and got.attrs["source_checkpoints"] == len(steps)
+    ds = llc.done(xr.open_zarr(store, group="llc")).load()
+    st = stages.compute(RunStore.open(store))
+    fig = plots.refined_figure(ds, st)
+    labels = [[e.label for e in panel if isinstance(e, hv.Curve)] for panel in fig]
+    assert labels == [["head 0.0"], ["head 1.2"], ["all"]]
+    assert all(any(isinstance(e, hv.VSpan) for e in panel) for panel in fig)
+    out = tmp_path / "refined.png"
+    assert cli.main(["figure", str(store), "--refined", "-o", str(out)]) == 0 and out.read_bytes()[:4] == b"\x89PNG"
+    curves, _, _ = cli.figure_inputs(store)  # the plain figure draws restriction "all"
+    np.testing.assert_array_equal(curves.llc_mean.sel(step=steps), ds.llc_mean.sel(restriction="all"))
+    with pytest.raises(ValueError, match="restriction dim"):
+        plots.refined_figure(ds.sel(restriction="all"))
