@@ -113,7 +113,9 @@ def sampler_attrs(
     setting = setting_for(store.config)
     example = setting.sgld_dataset(store.config, settings.batch_size)
     rows = settings.num_chains * (len(restrictions) if restrictions else 1)
-    path = choose_method(method, torch.device("cpu"), example, rows)
+    path = choose_method(
+        method, torch.device("cpu"), example, rows, stacked=bool(restrictions) and len(restrictions) > 1
+    )
     model = setting.build_model(store.config)
     model.fused_attention = True
     refined = {}

@@ -256,3 +256,13 @@ def test_rmsprop_works_with_restrictions_and_both_parametrisations():
 def test_bad_sampler_settings_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sgld_settings(batch_size=1, epsilon=1e-3, localization=1.0, nbeta=1.0, **kwargs)
+
+
+def test_auto_runs_stacked_restrictions_on_the_loop_on_a_cpu():
+    # the vmap path took GBs and ran slower on stacked LM heads (BENCHMARKS.md); plain runs keep their rule
+    from devarray.slt.sgld import choose_method
+
+    example = (torch.zeros(32, 32, dtype=torch.long),)
+    assert choose_method("auto", torch.device("cpu"), example, 64, stacked=True) == "loop"
+    assert choose_method("auto", torch.device("cpu"), example, 8) == "batched"
+    assert choose_method("auto", torch.device("cuda"), example, 64, stacked=True) == "batched"

@@ -267,7 +267,9 @@ def chain_generators(seed: int, chain: int, device: torch.device) -> tuple[torch
 _LOOP_MIN_ELEMENTS = 48 * 16 * 5
 
 
-def choose_method(method: str, device: torch.device, batch_example: Sequence[torch.Tensor], num_chains: int) -> str:
+def choose_method(
+    method: str, device: torch.device, batch_example: Sequence[torch.Tensor], num_chains: int, stacked: bool = False
+) -> str:
     """Resolve ``method``: "batched" and "loop" are taken as given; "auto" follows the rule above.
 
     The rule is deterministic (no timing probe), so a rerun always takes the same path and
@@ -277,6 +279,10 @@ def choose_method(method: str, device: torch.device, batch_example: Sequence[tor
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method != "auto":
         return method
+    if stacked and device.type == "cpu":
+        # stacks of restrictions (R × C rows): on the language model vmap's batched embedding and
+        # attention took GBs and ran slower than the loop (BENCHMARKS.md, refined LLCs)
+        return "loop"
     if device.type != "cpu" or num_chains == 1:
         return "batched" if num_chains > 1 else "loop"
     row_elements = sum(x[0].numel() for x in batch_example) * batch_example[0].shape[0]
@@ -380,7 +386,7 @@ def run_chains(
     R = len(restrictions) if restrictions else 1
     C, m, P = settings.num_chains, settings.batch_size, flat.w0.numel()
     rows = R * C
-    method = choose_method(method, device, tuple(x[:m] for x in data), rows)
+    method = choose_method(method, device, tuple(x[:m] for x in data), rows, stacked=R > 1)
 
     grad_fn = _compiled(model, loss_fn, method, flat) if compile else _grad_fn(flat, method)
 
