@@ -175,6 +175,15 @@ def guarded(title: str):
     return wrap
 
 
+def _plain(ds: xr.Dataset) -> xr.Dataset:
+    """A refined llc group (restriction, data dims) at its ordinary LLC: restriction "all" and data
+    "train" where it has them, else the first label; other groups unchanged."""
+    for dim, plain in (("restriction", "all"), ("data", "train")):
+        if dim in ds.dims:
+            ds = ds.sel({dim: plain}) if plain in ds[dim].values else ds.isel({dim: 0})
+    return ds
+
+
 def _dim(da: xr.DataArray, name: str | None = None) -> hv.Dimension:
     """An axis named from the variable's CF attributes (long_name and units)."""
     units = da.attrs.get("units")
@@ -381,8 +390,9 @@ class StagesExplorer(pn.viewable.Viewer):
         return np.array([f"{i} ({direction.get(int(i), '?')})" for i in ids], dtype=object)
 
     def curve_data(self, path: str, group: str, name: str, flag: str = "done") -> xr.DataArray:
-        """One run's curve over its done checkpoints (step > 0: the step axis is logarithmic)."""
-        ds = self.dataset(path, group)
+        """One run's curve over its done checkpoints (step > 0: the step axis is logarithmic); of
+        refined LLCs the plain one (restriction "all", else the first; the explorer shows them all)."""
+        ds = _plain(self.dataset(path, group))
         if name not in ds:
             raise MissingData(f"{run_name(path)}: {group} has no variable `{name}`")
         steps = self.done_steps(path, group, flag)
@@ -818,7 +828,7 @@ class StagesExplorer(pn.viewable.Viewer):
         nothing else of the llc group — a table of the chains' flags, LLC, ESS and split R-hat,
         and a summary (mean, std, R-hat over the kept chains)."""
         step = self._lead_step()
-        ds = self.dataset(self.lead, "llc")
+        ds = _plain(self.dataset(self.lead, "llc"))
         done = self.done_steps(self.lead, "llc")
         if step not in set(done.tolist()):
             raise MissingData(

@@ -204,7 +204,11 @@ def figure_inputs(path) -> tuple:
     store = RunStore.open(path, mode="r")
     parts = [done(store.dataset("eval"))[["test_loss", "weight_norm"]]]
     if store.has_group("llc") and len(store.done_steps("llc")):
-        parts.append(done(store.dataset("llc"))[["llc_mean", "llc_std"]])
+        from devarray.pipelines.stages import _unrefined
+
+        curves = _unrefined(done(store.dataset("llc")))[["llc_mean", "llc_std"]]
+        if curves.llc_mean.dims == ("step",):  # a refined group without "all" has no plain curve
+            parts.append(curves)
     ds = xr.merge(parts, join="outer").load()
     if not store.has_group("stages"):
         return ds, None, {}
@@ -237,11 +241,34 @@ def _figure(paths: list[str], out) -> None:
     plots.save_png(fig, out)
 
 
+def _refined_figure(paths: list[str], out) -> None:
+    """Refined LLC curves of one run over log step with its stage shading (issue 17)."""
+    from devarray.pipelines.runner import done
+
+    from . import plots
+
+    if len(paths) != 1:
+        raise ConfigError("--refined draws one run; give one store")
+    store = RunStore.open(paths[0], mode="r")
+    if not store.has_group("llc") or not len(store.done_steps("llc")):
+        raise StoreError(f"{paths[0]} has no done llc checkpoints; run `devarray llc {paths[0]} --restrict heads,all`")
+    ds = done(store.dataset("llc")).load()
+    if "restriction" not in ds.dims:
+        raise StoreError(
+            f"the llc group of {paths[0]} holds no refined LLCs; run `devarray llc {paths[0]} --restrict heads,all "
+            "--overwrite` (all keeps the curve the stages divide)"
+        )
+    stages = store.dataset("stages").load() if store.has_group("stages") else None
+    plots.save_png(plots.refined_figure(ds, stages), out)
+
+
 def _cmd_figure(args) -> None:
     if Path(args.output).suffix.lower() != ".png":
         raise ConfigError(f"the figure is a PNG; give -o a name ending in .png, not {args.output}")
     _writable_dir(Path(args.output).parent, "-o")
-    if args.metrics:
+    if args.refined:
+        _refined_figure(args.stores, args.output)
+    elif args.metrics:
         from .plots_language import store_metrics_figure
 
         if len(args.stores) != 1:
@@ -314,6 +341,13 @@ def _steps(text: str | None) -> list[int] | None:
         raise ConfigError(f"--steps takes comma-separated integers, got {text!r}") from None
 
 
+def _names(text: str | None) -> list[str] | None:
+    """A comma-separated list of names ("heads,layer 0 attn"), or None when not given."""
+    if text is None:
+        return None
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
 def _writable_dir(path: Path, what: str) -> None:
     path = path if str(path) else Path(".")
     if path.exists() and not os.access(path, os.W_OK):
@@ -353,9 +387,14 @@ def _llc_settings(args, setting, config: dict):
             "beta_tilde",
             "localization",
             "gamma_tilde",
+            "sampler",
+            "rmsprop_alpha",
+            "rmsprop_eps",
         )
-        if getattr(args, k) is not None
+        if getattr(args, k, None) is not None
     }
+    if given.get("sampler", "sgld") != "rmsprop_sgld" and {"rmsprop_alpha", "rmsprop_eps"} & set(given):
+        raise ConfigError("--rmsprop-alpha and --rmsprop-eps set the rmsprop_sgld sampler; add --sampler rmsprop_sgld")
     base = {k: v for k, v in vars(preset).items() if k != "dataset_size"}
     if {"nbeta", "beta_tilde"} & set(given) or "epsilon" in given:
         base.pop("beta_tilde")  # an override of either temperature knob replaces the preset's
@@ -388,9 +427,13 @@ def _cmd_llc(args) -> None:
             f"eps={settings.epsilon:g} beta~={settings.beta_tilde:g} (nbeta={settings.nbeta:.4g}) "
             f"gamma~={settings.gamma_tilde:g}, m={settings.batch_size}, n={n}"
         )
+        if settings.sampler != "sgld":
+            print(f"sampler {settings.sampler} (alpha={settings.rmsprop_alpha:g}, delta={settings.rmsprop_eps:g})")
         results = llc.run(
             path,
             settings,
+            restrictions=_names(args.restrict),
+            data=_names(args.data),
             seed=args.seed,
             dataset_size=n,
             steps=_steps(args.steps),
@@ -566,6 +609,29 @@ def build_parser() -> argparse.ArgumentParser:
     ll.add_argument("--gamma-tilde", type=POSITIVE, help="ε γ / 2")
     ll.add_argument("--seed", type=SEED, default=0, help="SGLD seed, the same at every checkpoint (A.4.2)")
     ll.add_argument(
+        "--restrict",
+        metavar="NAMES",
+        help="weight-refined LLCs: comma-separated restrictions of the setting's vocabulary, e.g. 'heads', "
+        "'head 0.3,layer 1 attn,embed' (writes a restriction dim; an unknown name lists the vocabulary)",
+    )
+    ll.add_argument(
+        "--data",
+        metavar="NAMES",
+        help="data-refined LLCs: comma-separated SGLD datasets the setting builds, e.g. 'train,bigram' (lm) or "
+        "'ood-inputs-g10' (lr) (writes a data dim; an unknown name lists them)",
+    )
+    ll.add_argument(
+        "--sampler",
+        choices=["sgld", "rmsprop_sgld"],
+        help="sgld (default) or rmsprop_sgld: RMSProp-preconditioned SGLD (Li et al. 2016, devinterp's)",
+    )
+    ll.add_argument(
+        "--rmsprop-alpha",
+        type=_number(float, low=0, high=1, high_ok=False, what="a number in [0, 1)"),
+        help="decay of the running mean square gradient (rmsprop_sgld; default 0.99)",
+    )
+    ll.add_argument("--rmsprop-eps", type=POSITIVE, help="δ in G = 1/(√v + δ) (rmsprop_sgld; default 0.1)")
+    ll.add_argument(
         "--compile",
         action="store_true",
         help="torch.compile the gradient: faster long chains (e.g. --preset paper), ~15 s to compile per checkpoint",
@@ -641,6 +707,11 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("stores", nargs="+")
     fi.add_argument("-o", "--output", default="figure.png", help="PNG file to write")
     fi.add_argument("--metrics", action="store_true", help="figure 4 of a language run: its appendix-C metrics")
+    fi.add_argument(
+        "--refined",
+        action="store_true",
+        help="refined LLC curves (devarray llc --restrict): one panel per layer's heads, stage shading",
+    )
     fi.set_defaults(func=_cmd_figure)
 
     co = sub.add_parser("compare", help="largest true-next-token logit changes between two checkpoints (C.1.4)")

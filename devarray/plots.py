@@ -226,6 +226,47 @@ def run_figure(
     )
 
 
+def _restriction_panels(names: Sequence[str]) -> dict[str, list[str]]:
+    """Restrictions by panel: each layer's heads ("head 1.3" -> "layer 1 heads") together, every
+    other restriction in one panel."""
+    panels: dict[str, list[str]] = {}
+    for n in names:
+        parts = n.split()
+        key = f"layer {parts[1].split('.')[0]} heads" if parts[0] == "head" and len(parts) == 2 else "other"
+        panels.setdefault(key, []).append(n)
+    return panels
+
+
+def refined_figure(llc: xr.Dataset, stages: xr.Dataset | None = None) -> hv.Layout:
+    """Refined LLC curves over log step (Wang et al. 2025's head specialisation figure): one panel
+    per layer with a curve per head, one for the other restrictions, shaded by ``stages``; with a
+    ``data`` dim one row per dataset. ``llc`` is the done checkpoints of a refined llc group."""
+    if "restriction" not in llc.dims:
+        raise ValueError("refined_figure needs an llc group with a restriction dim (devarray llc --restrict ...)")
+    shade = stage_overlay(stages) if stages is not None else hv.Overlay([])
+    datasets = list(llc.data.values) if "data" in llc.dims else [None]
+    groups = _restriction_panels([str(r) for r in llc.restriction.values])
+    y = _dim(llc.llc_mean)
+    panels = []
+    for d in datasets:
+        da = _positive(llc.llc_mean if d is None else llc.llc_mean.sel(data=d))
+        for title, names in groups.items():
+            curves = [hv.Curve((da.step.values, da.sel(restriction=n).values), "step", y, label=n) for n in names]
+            label = title if d is None else f"{title}, data {d}"
+            opts = {"title": label, "xlabel": "step", "ylabel": "refined LLC", "show_legend": True}
+            panels.append((shade * hv.Overlay(curves)).opts(logx=True, aspect="auto", backend="matplotlib", **opts))
+    return (
+        hv.Layout(panels)
+        .cols(len(groups))
+        .opts(
+            sublabel_format="",
+            fig_inches=(4.5 * len(groups), 3.5 * len(datasets)),
+            shared_axes=False,
+            backend="matplotlib",
+        )
+    )
+
+
 def _slope_limits(da: xr.DataArray, fit: xr.Dataset | None) -> tuple[float, float]:
     """Finite differences of noisy, densely spaced checkpoints swing wildly (noise / tiny Δlog
     step); frame the GP's band when there is one, else the central 96% of the differences."""

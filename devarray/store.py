@@ -515,14 +515,15 @@ class RunStore:
             if schema_name not in schemas.SCHEMAS:
                 continue  # user groups are allowed; they are not ours to check
             schema = schemas.load(schema_name)
+            refinements = [d for d in schema.get("refinements", ()) if d in g]  # optional dims it has
             for vname, vspec in schema["variables"].items():
                 if vname not in g:
                     raise StoreError(f"{self.path}: {name}/{vname} is missing (schema {name}.yaml)")
                 arr = g[vname]
-                if tuple(arr.metadata.dimension_names or ()) != tuple(vspec["dims"]):
+                dims = schemas.variable_dims(schema_name, vname, refinements)
+                if tuple(arr.metadata.dimension_names or ()) != dims:
                     raise StoreError(
-                        f"{self.path}: {name}/{vname} has dims {arr.metadata.dimension_names}, "
-                        f"schema says {vspec['dims']}"
+                        f"{self.path}: {name}/{vname} has dims {arr.metadata.dimension_names}, schema says {list(dims)}"
                     )
                 if np.dtype(arr.dtype) != np.dtype(vspec["dtype"]):
                     raise StoreError(f"{self.path}: {name}/{vname} has dtype {arr.dtype}, schema says {vspec['dtype']}")

@@ -71,10 +71,13 @@ def pending_steps(store: RunStore, group: str, steps=None, flag: str = "done") -
     return np.setdiff1d(selected_steps(store, steps), store.done_steps(group, flag))
 
 
-def prepare_group(store, group: str, coords: dict, attrs: dict, what: str, *, overwrite: bool) -> int:
+def prepare_group(
+    store, group: str, coords: dict, attrs: dict, what: str, *, overwrite: bool, variables: dict | None = None
+) -> int:
     """Allocate ``group`` with its settings as attrs, or check that the stored one was made with
     the same settings: results made otherwise are never mixed in or replaced without ``overwrite``.
-    The attrs get the settings' fingerprint (``settings_id``), returned for the tasks to write."""
+    The attrs get the settings' fingerprint (``settings_id``), returned for the tasks to write.
+    ``variables`` (VarSpecs) replace the schema's specs of the same names (e.g. with extra dims)."""
     attrs = {**attrs, "settings_id": settings_id(attrs)}
     if not overwrite:
         store.check_intact(group)
@@ -87,7 +90,7 @@ def prepare_group(store, group: str, coords: dict, attrs: dict, what: str, *, ov
                 "pass --overwrite to recompute them all"
             )
         return attrs["settings_id"]
-    store.create_group(group, coords, attrs=attrs, overwrite=overwrite)
+    store.create_group(group, coords, variables=variables, attrs=attrs, overwrite=overwrite)
     return attrs["settings_id"]
 
 

@@ -41,6 +41,15 @@ def standard_error(source: xr.Dataset, name: str) -> xr.DataArray | None:
 NOISE = ("learned", "chains")
 
 
+def _unrefined(source: xr.Dataset) -> xr.Dataset:
+    """A refined llc group's ordinary LLC: restriction "all" on the training data, where the group
+    has them (``devarray llc --restrict heads,all`` keeps the curve that stages divide)."""
+    for dim, plain in (("restriction", "all"), ("data", "train")):
+        if dim in source.dims and plain in source[dim].values:
+            source = source.sel({dim: plain})
+    return source
+
+
 def compute(store: RunStore, variable: str = "llc/llc_mean", *, noise: str = "learned", **options) -> xr.Dataset:
     """The stages Dataset of one run (nothing written).
 
@@ -56,7 +65,7 @@ def compute(store: RunStore, variable: str = "llc/llc_mean", *, noise: str = "le
     group, name = variable.split("/", 1) if "/" in variable else ("llc", variable)
     if not store.has_group(group) or not len(store.done_steps(group)):
         raise StoreError(f"{store.path} has no done {group} checkpoints; run `devarray {group} {store.path}` first")
-    source = done(store.dataset(group))
+    source = _unrefined(done(store.dataset(group)))
     if name not in source or source[name].dims != ("step",):
         over_step = [v for v in source.data_vars if source[v].dims == ("step",) and v != "done"]
         raise StoreError(

@@ -41,12 +41,32 @@ def attrs(schema: str, variable: str) -> dict[str, str]:
     return {k: spec[k] for k in CF if k in spec}
 
 
+BOOKKEEPING = ("done", "settings_id")
+
+
+def variable_dims(schema: str, variable: str, refinements=()) -> tuple[str, ...]:
+    """The dims of ``variable`` in a group that has the optional dims ``refinements``.
+
+    A schema may list ``refinements``: optional dims (the llc group's ``restriction`` and ``data``)
+    that, when a group has them, every variable but the bookkeeping ``done``/``settings_id`` takes
+    right after the index dim, in the schema's order. Without them a variable has its listed dims."""
+    s = load(schema)
+    dims = tuple(s["variables"][variable]["dims"])
+    extra = tuple(d for d in s.get("refinements", ()) if d in set(refinements))
+    if not extra or variable in BOOKKEEPING or variable.startswith("done_"):
+        return dims
+    at = 1 if dims[:1] == (s.get("index"),) else 0
+    return dims[:at] + extra + dims[at:]
+
+
 def validate(ds, schema: str, *, per_checkpoint: bool = True) -> None:
     """Check an in-memory xarray Dataset against ``schema``: every schema variable (but ``done``)
     is present with the schema's dims — without the index dim when ``per_checkpoint`` (one
-    checkpoint's results) — a dtype of the same kind and the schema's CF attributes."""
+    checkpoint's results), with the schema's ``refinements`` the dataset has (:func:`variable_dims`)
+    — a dtype of the same kind and the schema's CF attributes."""
     s = load(schema)
     index = s.get("index")
+    present = [d for d in s.get("refinements", ()) if d in ds.dims]
     problems = []
     for name, spec in s["variables"].items():
         if name in ("done", "settings_id") or name.startswith("done_"):
@@ -54,7 +74,7 @@ def validate(ds, schema: str, *, per_checkpoint: bool = True) -> None:
         if name not in ds.variables:
             problems.append(f"{name} is missing")
             continue
-        dims = tuple(spec["dims"])
+        dims = variable_dims(schema, name, present)
         if per_checkpoint and index and dims[:1] == (index,):
             dims = dims[1:]
         var = ds[name]

@@ -365,3 +365,27 @@ def test_a_language_run_is_served_through_the_setting_seam(lm_run):
     ticks = dict(layout[0].opts.get().kwargs["yticks"])
     assert list(ticks.values()) == [str(v) for v in a.query_pos.values] and ticks[0].endswith("<bos>")
     assert "eval/test_loss" in ex.param.variable.objects.values()
+
+
+def test_refined_llcs_are_a_variable_with_a_restriction_dim(tiny_store, tmp_path):
+    # a real refined llc group (issue 17): the explorer offers a restriction widget from its
+    # labels, the runs view and chain view keep to restriction "all"
+    from devarray.pipelines import llc
+
+    from devarray.slt import sgld_settings
+
+    store = _copy(tiny_store, tmp_path / "lr-tiny-s0.zarr")
+    s = sgld_settings(batch_size=32, num_chains=2, num_draws=12, epsilon=1e-3, beta_tilde=0.01, gamma_tilde=0.01)
+    llc.run(store.path, s, dataset_size=256, steps=[56, 100], restrictions=["head 0.0", "all"], progress=False)
+    explorer = app.StagesExplorer([str(store.path)])
+    explorer.variable = "llc/llc_mean"
+    assert explorer.selected_dims() == {"restriction": ["head 0.0", "all"]}
+    assert [w.label for w in explorer.dim_widgets()] == ["weight restriction (restriction)"]
+    data = explorer.variable_data()
+    assert data.sizes["line"] == 2
+    ref = xr.open_zarr(store.path, group="llc").llc_mean
+    np.testing.assert_array_equal(data.isel(line=0).values, ref.sel(step=[56, 100], restriction="head 0.0"))
+    explorer.dims = {"restriction": ["head 0.0"]}
+    assert explorer.variable_data().sizes["line"] == 1
+    curve = explorer.curve_data(str(store.path), "llc", "llc_mean")
+    np.testing.assert_array_equal(curve.values, ref.sel(step=[56, 100], restriction="all"))

@@ -108,6 +108,24 @@ def test_redo_recomputes_just_those_checkpoints_to_the_same_bytes(store, analyse
     assert after == before  # the other checkpoints' chunks were not rewritten
 
 
+def test_redo_of_a_refined_group_keeps_its_restrictions(store, capsys):
+    llc.run(
+        store,
+        sgld_settings(**SMALL),
+        dataset_size=64,
+        steps=[0, 1],
+        restrictions=["all", "head 0.0"],
+        overwrite=True,
+        progress=False,
+        threads=1,
+    )
+    before = xr.open_zarr(store, group="llc", consolidated=False).load()
+    corrupt(store, "llc", "llc_mean", 1)
+    code, _, err = run_cli(["redo", store, "llc", "--steps", "1", "--quiet"], capsys)
+    assert code == 0, err
+    xr.testing.assert_identical(xr.open_zarr(store, group="llc", consolidated=False).load(), before)
+
+
 def test_not_finite_at_a_done_step_is_reported_but_an_all_diverged_llc_is_not(store):
     s = RunStore.open(store)
     s.array("hessian", "trace")[s.index_of("hessian", 1)] = np.nan

@@ -18,6 +18,7 @@ from torch import nn
 
 from devarray.errors import ConfigError
 from devarray.seeding import derive_seed
+from devarray.slt.restrictions import ALL, Restriction, everything
 
 
 class RunConfig(Protocol):
@@ -124,9 +125,63 @@ class Setting:
         raise NotImplementedError
 
     # ---------------------------------------------------------------- analysis data
-    def sgld_dataset(self, config: dict, n: int) -> tuple[torch.Tensor, ...]:
-        """The fixed SGLD dataset of n rows (A.4.2: the same at every checkpoint)."""
+    def sgld_dataset(self, config: dict, n: int, data: str = "train") -> tuple[torch.Tensor, ...]:
+        """The fixed SGLD dataset of n rows (A.4.2: the same at every checkpoint); ``data`` names
+        another distribution the setting can build (:meth:`sgld_data`), for data-refined LLCs."""
         raise NotImplementedError
+
+    def sgld_data(self, config: dict) -> dict[str, str]:
+        """The datasets :meth:`sgld_dataset` can build for this run: name -> description. "train"
+        is the run's own distribution; names with a ``<G>`` take a number in its place."""
+        return {"train": "the run's own distribution (the fixed SGLD stream)"}
+
+    def check_data(self, config: dict, names: Sequence[str]) -> list[str]:
+        """``names`` if the setting can build each of them (and they are distinct), else a
+        one-line error listing the valid names."""
+        names = list(names)
+        if len(set(names)) != len(names) or not names:
+            raise ConfigError(f"give each dataset once, got {names}", argument="data")
+        for name in names:
+            try:
+                self.sgld_dataset(config, 1, name)
+            except KeyError:
+                raise ConfigError(
+                    f"unknown SGLD dataset {name!r} for the {self.title} setting; choose from "
+                    + ", ".join(self.sgld_data(config)),
+                    argument="data",
+                ) from None
+        return names
+
+    # ---------------------------------------------------------------- refined LLCs
+    def restrictions(self, model: nn.Module) -> dict[str, Restriction]:
+        """The setting's vocabulary of weight restrictions for ``model`` (name -> Restriction):
+        "all" and whatever the model's parts are called ("embed", "head 0.3", ...)."""
+        return {ALL: everything(model)}
+
+    def restriction_groups(self, model: nn.Module) -> dict[str, list[str]]:
+        """Names that stand for several restrictions ("heads": every head); none by default."""
+        return {}
+
+    def check_restrictions(self, model: nn.Module, names: Sequence[str]) -> list[str]:
+        """``names`` with groups expanded ("heads" -> "head 0.0", ...), in order and once each;
+        a one-line error listing the vocabulary for a name it does not have."""
+        vocabulary, groups = self.restrictions(model), self.restriction_groups(model)
+        out = []
+        for name in names:
+            name = " ".join(str(name).split())  # "head  0.3 " is "head 0.3"
+            if name in groups:
+                out.extend(groups[name])
+            elif name in vocabulary:
+                out.append(name)
+            else:
+                raise ConfigError(
+                    f"unknown restriction {name!r} for this {self.title} model; choose from "
+                    + ", ".join([*groups, *vocabulary]),
+                    argument="restrict",
+                )
+        if not out:
+            raise ConfigError("give at least one restriction", argument="restrict")
+        return list(dict.fromkeys(out))
 
     def hessian_batch(self, config: dict, m: int) -> tuple[torch.Tensor, ...]:
         """The fixed batch of m rows the Hessian statistics are computed on (B.5)."""

@@ -44,6 +44,7 @@ from devarray.models.attention_only import AttentionOnlyConfig, AttentionOnlyTra
 from devarray.observables.language.probes import LanguageProbeData, probe_data
 from devarray.schedules import checkpoint_schedule
 from devarray.slt.presets import LLCPreset
+from devarray.slt.restrictions import ALL, Restriction, everything, from_names, head_masks
 from devarray.tasks.synthetic_language import LanguageConfig, SyntheticLanguage, TokenSource
 
 from .base import Setting, register
@@ -182,6 +183,65 @@ def _source(data_json: str, seed: int) -> TokenSource:
 
 def token_source(config: dict) -> TokenSource:
     return _source(json.dumps(config["data"], sort_keys=True), config["seed"])
+
+
+# Sub-languages for data-refined LLCs: the run's language with some of its mechanisms switched off
+# or up. The structure (bigram kernel, lexicon, skip targets) is drawn from the seed alone, so each
+# sub-language shares the run's tables.
+SUB_LANGUAGES = {
+    "bigram": (
+        {"p_word": 0.0, "p_skip": 0.0, "p_copy": 0.0},
+        "bigram-only text: the run's bigram chain, no words, skips or repeats",
+    ),
+    "repeated": (
+        {"p_copy": 0.3},
+        "repeated-span text: the run's language with a phrase inserted at 30 % of chain tokens",
+    ),
+}
+
+
+def sgld_tokens(config: dict, n: int, data: str) -> torch.Tensor:
+    """n fixed SGLD contexts of the run's language ("train") or of a sub-language; KeyError for
+    a name this run cannot build."""
+    if data == "train":
+        return fixed(config, n, "sgld")
+    if data not in SUB_LANGUAGES or config["data"]["source"] != "synthetic":
+        raise KeyError(data)
+    cfg = {k: v for k, v in config["data"].items() if k != "source"}
+    language = _sub_language(json.dumps({**cfg, **SUB_LANGUAGES[data][0]}, sort_keys=True), config["seed"])
+    return language.dataset(n, f"sgld-{data}")
+
+
+@functools.lru_cache(maxsize=4)
+def _sub_language(cfg_json: str, seed: int) -> SyntheticLanguage:
+    return SyntheticLanguage(LanguageConfig(**{**json.loads(cfg_json), "seed": seed}))
+
+
+def restriction_vocabulary(model: AttentionOnlyTransformer) -> dict[str, Restriction]:
+    """Restrictions by TransformerLens's names of the parts: embed, pos_embed, layer L, layer L attn,
+    head L.H (its slices of W_Q, W_K, W_V and W_O: the head's own weights; the biases are left
+    out as in Wang et al.'s per-head restriction, and b_O is shared by all heads), ln_final, unembed."""
+    names = [k for k, _ in model.named_parameters()]
+    vocab = {
+        ALL: everything(model),
+        "embed": from_names(model, ["embed.W_E"], "embed"),
+        "pos_embed": from_names(model, ["pos_embed.W_pos"], "pos_embed"),
+    }
+    for i in range(model.cfg.n_layers):
+        block = f"blocks.{i}."
+        vocab[f"layer {i}"] = from_names(model, [k for k in names if k.startswith(block)], f"layer {i}")
+        vocab[f"layer {i} attn"] = from_names(
+            model, [k for k in names if k.startswith(block + "attn.")], f"layer {i} attn"
+        )
+    for i in range(model.cfg.n_layers):
+        for h in range(model.cfg.n_heads):
+            name = f"head {i}.{h}"
+            vocab[name] = head_masks(
+                model, {f"blocks.{i}.attn.{w}": (0, h) for w in ("W_Q", "W_K", "W_V", "W_O")}, name
+            )
+    vocab["ln_final"] = from_names(model, ["ln_final.w", "ln_final.b"], "ln_final")
+    vocab["unembed"] = from_names(model, ["unembed.W_U", "unembed.b_U"], "unembed")
+    return vocab
 
 
 def fixed(config: dict, n: int, stream: str) -> torch.Tensor:
@@ -394,8 +454,22 @@ class LanguageSetting(Setting):
     def evaluator(self, config: dict) -> LanguageEvaluator:
         return LanguageEvaluator(token_source(config), config["schedule"]["n_test"])
 
-    def sgld_dataset(self, config: dict, n: int) -> tuple[torch.Tensor, ...]:
-        return (fixed(config, n, "sgld"),)
+    def sgld_dataset(self, config: dict, n: int, data: str = "train") -> tuple[torch.Tensor, ...]:
+        return (sgld_tokens(config, n, data),)
+
+    def sgld_data(self, config: dict) -> dict[str, str]:
+        subs = {k: d for k, (_, d) in SUB_LANGUAGES.items()} if config["data"]["source"] == "synthetic" else {}
+        return super().sgld_data(config) | subs
+
+    def restrictions(self, model: nn.Module) -> dict[str, Restriction]:
+        return restriction_vocabulary(model)
+
+    def restriction_groups(self, model: nn.Module) -> dict[str, list[str]]:
+        L, H = model.cfg.n_layers, model.cfg.n_heads
+        return {
+            "heads": [f"head {i}.{h}" for i in range(L) for h in range(H)],
+            "layers": [f"layer {i}" for i in range(L)],
+        }
 
     def hessian_batch(self, config: dict, m: int) -> tuple[torch.Tensor, ...]:
         return (fixed(config, m, "hessian"),)

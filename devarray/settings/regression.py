@@ -29,7 +29,9 @@ from devarray.errors import ConfigError
 from devarray.models.regression import RegressionConfig, RegressionTransformer
 from devarray.observables.regression.probes import make_probe
 from devarray.schedules import checkpoint_schedule
+from devarray.seeding import generator
 from devarray.slt.presets import LLCPreset
+from devarray.slt.restrictions import ALL, Restriction, everything, from_masks, from_names
 from devarray.tasks.regression import RegressionTask, mse_loss, per_position_mse, ridge_predict
 
 from .base import Setting, register
@@ -178,6 +180,58 @@ class RegressionEvaluator:
         return {"test_loss": per_k.mean().numpy(), "test_loss_k": per_k.numpy(), "weight_norm": norm.float().numpy()}
 
 
+def ood_data(name: str) -> tuple[str, float]:
+    """("inputs" | "tasks", g) of an OOD dataset name ``ood-inputs-g<G>`` / ``ood-tasks-g<G>``
+    (eqs. 18–19: x ~ N(0, gI) or t ~ N(0, gI)); KeyError for any other name."""
+    for kind in ("inputs", "tasks"):
+        prefix = f"ood-{kind}-g"
+        if name.startswith(prefix):
+            try:
+                g = float(name.removeprefix(prefix))
+            except ValueError:
+                break
+            if np.isfinite(g) and g > 0:
+                return kind, g
+    raise KeyError(name)
+
+
+def restriction_vocabulary(model: RegressionTransformer) -> dict[str, Restriction]:
+    """Restrictions by the parts of the regression transformer (F.2.1): embed (token embedding),
+    pos_embed, layer L, layer L attn, layer L mlp, head L.H (the head's rows of the fused q, k and v
+    projection and its columns of the output projection), ln_final, unembed."""
+    names = [k for k, _ in model.named_parameters()]
+    params = dict(model.named_parameters())
+    C, H = model.cfg.d_embed, model.cfg.H
+    dh = C // H
+    vocab = {
+        ALL: everything(model),
+        "embed": from_names(model, ["token_embedding.weight"], "embed"),
+        "pos_embed": from_names(model, ["position_embedding.weight"], "pos_embed"),
+    }
+    for i in range(model.cfg.L):
+        b = f"blocks.{i}."
+        vocab[f"layer {i}"] = from_names(model, [k for k in names if k.startswith(b)], f"layer {i}")
+        for part in ("attn", "mlp"):
+            vocab[f"layer {i} {part}"] = from_names(
+                model, [k for k in names if k.startswith(f"{b}{part}.")], f"layer {i} {part}"
+            )
+    for i in range(model.cfg.L):
+        qkv, out = params[f"blocks.{i}.attn.qkv.weight"], params[f"blocks.{i}.attn.out.weight"]
+        for h in range(H):
+            rows = torch.zeros(qkv.shape, dtype=torch.bool)
+            for third in range(3):  # q, k, v each take C rows; the head owns dh of each
+                rows[third * C + h * dh : third * C + (h + 1) * dh] = True
+            cols = torch.zeros(out.shape, dtype=torch.bool)
+            cols[:, h * dh : (h + 1) * dh] = True  # the head's slice of the concatenated head outputs
+            name = f"head {i}.{h}"
+            vocab[name] = from_masks(
+                model, {f"blocks.{i}.attn.qkv.weight": rows, f"blocks.{i}.attn.out.weight": cols}, name
+            )
+    vocab["ln_final"] = from_names(model, ["ln_out.weight", "ln_out.bias"], "ln_final")
+    vocab["unembed"] = from_names(model, ["unembedding.weight", "unembedding.bias"], "unembed")
+    return vocab
+
+
 class RegressionSetting(Setting):
     name = "lr"
     title = "in-context linear regression"
@@ -230,9 +284,33 @@ class RegressionSetting(Setting):
     def evaluator(self, config: dict) -> RegressionEvaluator:
         return RegressionEvaluator(self.task(config), config["schedule"]["n_test"])
 
-    def sgld_dataset(self, config: dict, n: int) -> tuple[torch.Tensor, ...]:
-        batch = self.task(config).dataset(n, "sgld")
+    def sgld_dataset(self, config: dict, n: int, data: str = "train") -> tuple[torch.Tensor, ...]:
+        task = self.task(config)
+        if data == "train":
+            batch = task.dataset(n, "sgld")
+        else:
+            kind, g = ood_data(data)
+            if kind == "tasks":  # eq. 19: fresh tasks t ~ N(0, gI), as the OOD observables
+                task = replace(task, num_tasks=None)
+            scale = {"x_scale": g} if kind == "inputs" else {"t_scale": g}
+            batch = task.sample(n, generator(task.seed, f"sgld-{data}"), **scale)
         return batch.x, batch.y
+
+    def sgld_data(self, config: dict) -> dict[str, str]:
+        return super().sgld_data(config) | {
+            "ood-inputs-g<G>": "OOD inputs x ~ N(0, G·I), the run's tasks (eq. 18), e.g. ood-inputs-g10",
+            "ood-tasks-g<G>": "OOD tasks t ~ N(0, G·I) (eq. 19), e.g. ood-tasks-g0.1",
+        }
+
+    def restrictions(self, model: nn.Module) -> dict[str, Restriction]:
+        return restriction_vocabulary(model)
+
+    def restriction_groups(self, model: nn.Module) -> dict[str, list[str]]:
+        L, H = model.cfg.L, model.cfg.H
+        return {
+            "heads": [f"head {i}.{h}" for i in range(L) for h in range(H)],
+            "layers": [f"layer {i}" for i in range(L)],
+        }
 
     def hessian_batch(self, config: dict, m: int) -> tuple[torch.Tensor, ...]:
         batch = self.task(config).dataset(m, "hessian")

@@ -35,12 +35,31 @@ class FlatLoss:
 
     Parameters with ``requires_grad=False`` stay fixed at their values (and are not counted in
     the dimension d); buffers are read from the model. ``w0`` is the model's current point.
+    ``names`` keeps only those trainable parameters in ``w`` (a restricted LLC's tensors, see
+    :mod:`devarray.slt.restrictions`): the others are read from the model, frozen at w*, and no
+    gradient is taken for them. ``index`` is where ``w``'s entries sit in the vector of all
+    trainable parameters (so a restricted chain can draw the same noise as a full one).
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn):
-        named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
-        if not named:
+    def __init__(self, model: nn.Module, loss_fn: LossFn, names: list[str] | None = None):
+        trainable = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
+        if not trainable:
             raise ValueError("the model has no trainable parameters")
+        offsets, start = {}, 0
+        for k, p in trainable:
+            offsets[k], start = (start, start + p.numel()), start + p.numel()
+        self.full_dim = start
+        if names is None:
+            named = trainable
+        else:
+            unknown = sorted(set(names) - set(offsets))
+            if unknown:
+                raise ValueError(f"no trainable parameter {unknown[0]!r} in the model")
+            named = [(k, p) for k, p in trainable if k in set(names)]
+        self.param_names = [k for k, _ in named]
+        self.index = (
+            None if names is None else torch.cat([torch.arange(*offsets[k]) for k, _ in named]).to(named[0][1].device)
+        )
         self.names = ["model." + k for k, _ in named]
         self.shapes = [p.shape for _, p in named]
         self.numels = [p.numel() for _, p in named]

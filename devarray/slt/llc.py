@@ -11,6 +11,11 @@ the first rows for very large datasets.
 :func:`estimate_llc` takes tensors and returns an ``xarray.Dataset`` that follows ArviZ's
 conventions (dimensions ``chain`` and ``draw``), so ``arviz.rhat``/``arviz.ess`` apply to
 ``loss`` and ``llc_trace`` directly.
+
+Weight-refined LLCs (``restrictions=``, :mod:`devarray.slt.restrictions`) put the same eq. (3) for
+each restriction V along a leading ``restriction`` dimension: the posterior is over V alone, the
+other weights frozen at w*, and ℓ_n(w*) is shared. A data-refined LLC is eq. (3) with another
+dataset in place of the training distribution's: pass that dataset.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from .diagnostics import (
     default_divergence_threshold,
     warn_unhealthy,
 )
+from .restrictions import Restriction, resolve
 from .sgld import LossFn, SGLDSettings, check_dataset, run_chains, sgld_settings
 
 
@@ -148,6 +154,7 @@ def estimate_llc(
     drift_threshold: float = DRIFT_THRESHOLD,
     drift_z: float = DRIFT_Z,
     min_ess: float = MIN_ESS,
+    restrictions: Sequence[Restriction | str] | None = None,
     **sampler_kwargs,
 ) -> xr.Dataset:
     """Estimate the LLC of ``model`` at its current parameters w* (eq. 3) with SGLD.
@@ -164,6 +171,13 @@ def estimate_llc(
     Returns a Dataset over ``chain`` and ``draw`` holding ``loss``, ``llc_trace``,
     ``llc_trace_mean``, ``init_loss``, ``llc_mean``, ``llc_std``, ``llc_per_chain`` and the
     diagnostics of :mod:`devarray.slt.diagnostics`; every setting is in its attrs.
+
+    ``restrictions`` (Restrictions, parameter-name lists, boolean-mask dicts or ``"all"``; see
+    :func:`devarray.slt.restrictions.resolve`) gives every variable a leading ``restriction``
+    dimension labelled by the restrictions' names: C chains per restriction, all run together
+    (row r·C + c; chain c of each restriction shares chain c's batches and noise). Each
+    restriction's divergence threshold defaults to max(d_V, 100); attr ``restriction_size``
+    lists d_V.
     """
     if settings is None:
         settings = sgld_settings(**sampler_kwargs)
@@ -175,6 +189,24 @@ def estimate_llc(
     rows = n if init_loss_rows is None else init_loss_rows
     init = init_loss(model, loss_fn, dataset, rows, chunk=max(settings.batch_size, 1024))
     num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if restrictions is not None:
+        return _refined(
+            model,
+            loss_fn,
+            dataset,
+            settings,
+            [resolve(model, r) for r in restrictions],
+            init,
+            seed=seed,
+            method=method,
+            compile=compile,
+            progress=progress,
+            divergence_threshold=divergence_threshold,
+            diagnostics=dict(drift_threshold=drift_threshold, drift_z=drift_z, min_ess=min_ess),
+            attrs={"num_params": num_params, "dataset_size": n, "init_loss_rows": rows, "seed": seed},
+            label=label,
+            warn=warn,
+        )
     limit = default_divergence_threshold(num_params) if divergence_threshold is None else divergence_threshold
     samples = run_chains(
         model,
@@ -209,4 +241,54 @@ def estimate_llc(
         ds.attrs["label"] = label
     if warn:
         warn_unhealthy(ds, label)
+    return ds
+
+
+def _refined(
+    model,
+    loss_fn,
+    dataset,
+    settings,
+    restrictions,
+    init,
+    *,
+    divergence_threshold,
+    diagnostics,
+    attrs,
+    label,
+    warn,
+    **run,
+) -> xr.Dataset:
+    """:func:`estimate_llc` for several restrictions at once, stacked along ``restriction``."""
+    names = [r.name for r in restrictions]
+    if len(set(names)) != len(names) or not names:
+        raise ValueError(f"restrictions need distinct names, got {names}")
+    sizes = [r.size(model) for r in restrictions]
+    limits = [default_divergence_threshold(d) if divergence_threshold is None else divergence_threshold for d in sizes]
+    samples = run_chains(
+        model,
+        loss_fn,
+        dataset,
+        settings,
+        loss_limit=[init + lim / settings.nbeta for lim in limits],
+        restrictions=restrictions,
+        **run,
+    )
+    R, C = len(restrictions), settings.num_chains
+    loss = samples.loss.reshape(R, C, -1)[:, :, settings.num_burnin_steps :].numpy()
+    dstep = samples.diverged_step.reshape(R, C).numpy()
+    parts = [llc_dataset(loss[r], init, settings, dstep[r], **diagnostics) for r in range(R)]
+    ds = xr.concat(parts, dim="restriction", data_vars="all", coords="minimal", compat="override")
+    ds = ds.assign_coords(restriction=_var("restriction", ("restriction",), np.array(names, dtype=object)))
+    ds.attrs = parts[0].attrs | attrs
+    ds.attrs |= {
+        "method": samples.method,
+        "restriction_size": sizes,
+        "divergence_threshold": limits,
+    }
+    if label is not None:
+        ds.attrs["label"] = label
+    if warn:
+        for r, name in enumerate(names):
+            warn_unhealthy(ds.isel(restriction=r), f"{label}, {name}" if label else name)
     return ds

@@ -78,6 +78,24 @@ class NormalCrossing(Potential):
         return self.w[0] ** 2 * self.w[1] ** 4
 
 
+class PotentialSum(nn.Module):
+    """L(w) = Σ_i L_i(w_i): potentials on separate parameter blocks (named ``parts.<name>.w``).
+
+    The learning coefficient of a sum over disjoint variables is the sum of theirs, and the
+    refined LLC of block i (the others frozen at their minimum 0) is λ_i (the known answer of the
+    weight-refined LLC, :mod:`devarray.slt.restrictions`)."""
+
+    def __init__(self, **parts: Potential):
+        super().__init__()
+        if not parts:
+            raise ValueError("PotentialSum needs at least one part")
+        self.parts = nn.ModuleDict(parts)
+        self.true_llc = sum(p.true_llc for p in parts.values())
+
+    def forward(self) -> torch.Tensor:
+        return sum(p() for p in self.parts.values())
+
+
 def potential_loss(model: Potential, *batch: torch.Tensor) -> torch.Tensor:
     """The population loss itself; the batch is ignored."""
     return model()

@@ -20,6 +20,25 @@ the rounding of the gradient.
 Seeding (A.4.2): chain c draws its minibatches and its noise from two generators derived from
 (seed, c) alone, so every checkpoint sees the same batches and the same noise, a rerun is
 bitwise identical, and the draws do not depend on the path or on the number of chains.
+
+Restrictions (the weight-refined LLC, :mod:`devarray.slt.restrictions`): a chain may move only
+the coordinates of a subset V, the rest frozen at w*. Several restrictions run together as one
+stack of R × C chains (row r·C + c is chain c of restriction r) through the same batched or loop
+gradient; chain c of every restriction uses chain c's batches and noise, and the noise is drawn
+over all trainable parameters and read at V's coordinates, so a restriction's numbers do not
+depend on which others it runs with (bitwise on the loop path).
+
+Samplers: ``"sgld"`` is the update above. ``"rmsprop_sgld"`` is the RMSProp-preconditioned SGLD
+of Li et al. (2016, "Preconditioned stochastic gradient Langevin dynamics for deep neural
+networks", AAAI), in devinterp's form (``SGMCMC.rmsprop_sgld``): with the running mean square
+v_τ = α v_{τ−1} + (1 − α) (∇ℓ_m)² of the minibatch gradient (v_0 = 0, updated before use) and
+the diagonal G_τ = 1 / (√v_τ + δ),
+
+    Δw_τ = −G_τ (β̃ ∇ℓ_m^{(τ)}(w_τ) + γ̃ (w_τ − w*)) + √(ε G_τ) N(0, 1)
+
+(α = ``rmsprop_alpha``, default 0.99; δ = ``rmsprop_eps``, default 0.1, both devinterp's). Like
+devinterp it drops Li et al.'s Γ correction term (small when G changes slowly). It rescales each
+coordinate's step by its gradient scale, so steep directions no longer bound ε for all others.
 """
 
 from __future__ import annotations
@@ -39,8 +58,10 @@ from torch.func import grad_and_value, vmap
 
 from ..seeding import derive_seed
 from .flat import FlatLoss, LossFn
+from .restrictions import Restriction
 
 METHODS = ("auto", "batched", "loop")
+SAMPLERS = ("sgld", "rmsprop_sgld")
 
 
 @dataclass(frozen=True)
@@ -48,7 +69,8 @@ class SGLDSettings:
     """Sampler settings in the (ε, nβ, γ) parametrisation; β̃ and γ̃ are derived (A.4.3).
 
     ``num_draws`` counts the kept draws; each chain takes ``num_burnin_steps + num_draws``
-    steps (the paper's T_SGLD), the first ``num_burnin_steps`` of them discarded.
+    steps (the paper's T_SGLD), the first ``num_burnin_steps`` of them discarded. ``sampler`` is
+    one of :data:`SAMPLERS`; the ``rmsprop_*`` settings serve ``"rmsprop_sgld"`` only.
     """
 
     epsilon: float
@@ -58,6 +80,9 @@ class SGLDSettings:
     num_chains: int
     num_draws: int
     num_burnin_steps: int = 0
+    sampler: str = "sgld"
+    rmsprop_alpha: float = 0.99
+    rmsprop_eps: float = 0.1
 
     @property
     def beta_tilde(self) -> float:
@@ -72,7 +97,13 @@ class SGLDSettings:
         return self.num_burnin_steps + self.num_draws
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"beta_tilde": self.beta_tilde, "gamma_tilde": self.gamma_tilde}
+        """The settings as recorded with results. Plain SGLD records no sampler keys, so results
+        made before there was a choice of sampler keep their settings fingerprint."""
+        d = asdict(self) | {"beta_tilde": self.beta_tilde, "gamma_tilde": self.gamma_tilde}
+        if self.sampler == "sgld":
+            for k in ("sampler", "rmsprop_alpha", "rmsprop_eps"):
+                d.pop(k)
+        return d
 
 
 def default_nbeta(batch_size: int) -> float:
@@ -108,13 +139,23 @@ def sgld_settings(
     localization: float | None = None,
     gamma: float | None = None,
     gamma_tilde: float | None = None,
+    sampler: str = "sgld",
+    rmsprop_alpha: float = 0.99,
+    rmsprop_eps: float = 0.1,
 ) -> SGLDSettings:
     """Resolve either parametrisation into :class:`SGLDSettings`.
 
     Accepts (ε, nβ, γ) — also under devinterp's names ``lr`` and ``localization`` — or
     (ε, β̃, γ̃), or any mix from which each of ε, nβ, γ follows through β̃ = ε nβ/2 and
     γ̃ = ε γ/2. Values that are given twice must agree. nβ defaults to m/log m (A.4.1).
+    ``sampler`` is "sgld" or "rmsprop_sgld" (with ``rmsprop_alpha`` in [0, 1), ``rmsprop_eps`` > 0).
     """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if not (math.isfinite(rmsprop_alpha) and 0 <= rmsprop_alpha < 1):
+        raise ValueError(f"rmsprop_alpha must be in [0, 1), got {rmsprop_alpha}")
+    if not (math.isfinite(rmsprop_eps) and rmsprop_eps > 0):
+        raise ValueError(f"rmsprop_eps must be a positive finite number, got {rmsprop_eps}")
     eps = _one_of("step sizes (epsilon, lr)", epsilon=epsilon, lr=lr)
     gam = _one_of("localizations (gamma, localization)", gamma=gamma, localization=localization)
     for name, value in dict(
@@ -153,7 +194,16 @@ def sgld_settings(
         if int(value) != value or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value}")
     return SGLDSettings(
-        float(eps), float(nbeta), float(gam), int(batch_size), int(num_chains), int(num_draws), int(num_burnin_steps)
+        float(eps),
+        float(nbeta),
+        float(gam),
+        int(batch_size),
+        int(num_chains),
+        int(num_draws),
+        int(num_burnin_steps),
+        sampler,
+        float(rmsprop_alpha),
+        float(rmsprop_eps),
     )
 
 
@@ -190,13 +240,15 @@ class _BatchStream:
 
 @dataclass
 class ChainSamples:
-    """Raw output of :func:`run_chains`: every step's minibatch loss, burn-in included."""
+    """Raw output of :func:`run_chains`: every step's minibatch loss, burn-in included. With R
+    restrictions the rows are R blocks of C chains (row r·C + c)."""
 
-    loss: torch.Tensor  # (C, num_steps) float64, NaN after a chain diverged
-    diverged_step: torch.Tensor  # (C,) int64, first step with a non-finite or exploding loss, -1 if none
+    loss: torch.Tensor  # (R·C, num_steps) float64, NaN after a chain diverged
+    diverged_step: torch.Tensor  # (R·C,) int64, first step with a non-finite or exploding loss, -1 if none
     method: str
     num_params: int
     seconds: float
+    num_params_per_restriction: tuple[int, ...] = ()
 
 
 def chain_generators(seed: int, chain: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
@@ -215,7 +267,9 @@ def chain_generators(seed: int, chain: int, device: torch.device) -> tuple[torch
 _LOOP_MIN_ELEMENTS = 48 * 16 * 5
 
 
-def choose_method(method: str, device: torch.device, batch_example: Sequence[torch.Tensor], num_chains: int) -> str:
+def choose_method(
+    method: str, device: torch.device, batch_example: Sequence[torch.Tensor], num_chains: int, stacked: bool = False
+) -> str:
     """Resolve ``method``: "batched" and "loop" are taken as given; "auto" follows the rule above.
 
     The rule is deterministic (no timing probe), so a rerun always takes the same path and
@@ -225,6 +279,10 @@ def choose_method(method: str, device: torch.device, batch_example: Sequence[tor
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method != "auto":
         return method
+    if stacked and device.type == "cpu":
+        # stacks of restrictions (R × C rows): on the language model vmap's batched embedding and
+        # attention took GBs and ran slower than the loop (BENCHMARKS.md, refined LLCs)
+        return "loop"
     if device.type != "cpu" or num_chains == 1:
         return "batched" if num_chains > 1 else "loop"
     row_elements = sum(x[0].numel() for x in batch_example) * batch_example[0].shape[0]
@@ -303,8 +361,9 @@ def run_chains(
     method: str = "auto",
     compile: bool = False,
     progress: bool = False,
-    loss_limit: float = math.inf,
+    loss_limit: float | Sequence[float] = math.inf,
     chain_threads: int | None = None,
+    restrictions: Sequence[Restriction] | None = None,
 ) -> ChainSamples:
     """Run ``settings.num_chains`` SGLD chains from the model's current parameters w*.
 
@@ -317,41 +376,52 @@ def run_chains(
     benchmarks/llc_throughput.py; results agree with eager within float rounding).
     ``chain_threads`` chains of the loop run at once (default: one per torch thread on a CPU,
     see :func:`_chain_threads`; 1 runs them one at a time, each on all threads).
+    ``restrictions`` (default: none, every trainable parameter) runs C chains for each, stacked
+    as described in the module docstring; ``loss_limit`` may then give one limit per restriction.
     """
     n = check_dataset(dataset, settings.batch_size)
-    flat = FlatLoss(model, loss_fn)
+    flat, masks = _restricted(model, loss_fn, restrictions)
     device, dtype = flat.w0.device, flat.w0.dtype
     data = tuple(x.to(device) for x in dataset)
+    R = len(restrictions) if restrictions else 1
     C, m, P = settings.num_chains, settings.batch_size, flat.w0.numel()
-    method = choose_method(method, device, tuple(x[:m] for x in data), C)
+    rows = R * C
+    method = choose_method(method, device, tuple(x[:m] for x in data), rows, stacked=R > 1)
 
     grad_fn = _compiled(model, loss_fn, method, flat) if compile else _grad_fn(flat, method)
 
     gens = [chain_generators(seed, c, device) for c in range(C)]
     streams = [_BatchStream(n, m, g) for g, _ in gens]
-    w0 = flat.w0.expand(C, P)
-    w = flat.w0.repeat(C, 1)
-    noise = torch.empty(C, P, device=device, dtype=dtype)
-    losses = torch.full((C, settings.num_steps), float("nan"), device=device, dtype=torch.float64)
-    alive = torch.ones(C, dtype=torch.bool, device=device)
-    diverged_step = torch.full((C,), -1, dtype=torch.long, device=device)
+    w0 = flat.w0.expand(rows, P)
+    w = flat.w0.repeat(rows, 1)
+    # the noise of chain c is drawn over every trainable parameter and read at this flat's entries
+    noise = torch.empty(C, flat.full_dim, device=device, dtype=dtype)
+    move = None if masks is None else masks.to(device=device, dtype=dtype).repeat_interleave(C, dim=0)
+    limit = torch.as_tensor(loss_limit, dtype=dtype, device=device)
+    if limit.ndim:
+        limit = limit.repeat_interleave(C)
+    losses = torch.full((rows, settings.num_steps), float("nan"), device=device, dtype=torch.float64)
+    alive = torch.ones(rows, dtype=torch.bool, device=device)
+    diverged_step = torch.full((rows,), -1, dtype=torch.long, device=device)
     bt, gt, sqrt_eps = settings.beta_tilde, settings.gamma_tilde, math.sqrt(settings.epsilon)
+    rmsprop = settings.sampler == "rmsprop_sgld"
+    square_avg = torch.zeros(rows, P, device=device, dtype=dtype) if rmsprop else None
 
     steps = range(settings.num_steps)
     if progress:
         from tqdm.auto import tqdm
 
-        steps = tqdm(steps, desc=f"SGLD {C} chains ({method})", unit="step")
+        steps = tqdm(steps, desc=f"SGLD {rows} chains ({method})", unit="step")
     # The loop on a multi-core CPU runs its chains side by side, one single-threaded chain per
     # core (see _chain_threads); results do not depend on how many run at once.
     if chain_threads is None:
-        workers = _chain_threads(method, device, compile, C)
+        workers = _chain_threads(method, device, compile, rows)
     elif int(chain_threads) != chain_threads or chain_threads < 1:
         raise ValueError(f"chain_threads must be an integer >= 1, got {chain_threads}")
     elif chain_threads > 1 and (method != "loop" or compile):
         raise ValueError("chain_threads > 1 serves the eager per-chain loop only; use method='loop' without compile")
     else:
-        workers = min(int(chain_threads), C)
+        workers = min(int(chain_threads), rows)
     local = threading.local()
     start = time.perf_counter()
     with _chain_pool(workers) as pool:
@@ -361,19 +431,21 @@ def run_chains(
             if pool is not None:  # functional_call swaps a module's parameters in place: a model per thread
                 if not hasattr(local, "grad_fn"):
                     torch.set_num_threads(1)  # OpenMP's thread count is per thread: set it in the pool's
-                    local.grad_fn = _grad_fn(FlatLoss(copy.deepcopy(model), loss_fn), method)
+                    names = None if flat.index is None else flat.param_names
+                    local.grad_fn = _grad_fn(FlatLoss(copy.deepcopy(model), loss_fn, names), method)
                 fn = local.grad_fn
             return fn(w[c], *(x[c] for x in batch))
 
         for t in steps:
-            idx = torch.stack([s.next() for s in streams]).to(device)
-            batch = tuple(x[idx] for x in data)  # (C, m, ...)
+            idx = torch.stack([s.next() for s in streams]).to(device).repeat(R, 1)
+            batch = tuple(x[idx] for x in data)  # (R·C, m, ...)
             for c, (_, g) in enumerate(gens):
                 noise[c].normal_(generator=g)
+            xi = (noise if flat.index is None else noise[:, flat.index]).repeat(R, 1)
             if method == "batched":
                 grad, loss = grad_fn(w, *batch)
             else:
-                grad, loss = torch.zeros_like(w), torch.full((C,), float("nan"), device=device, dtype=dtype)
+                grad, loss = torch.zeros_like(w), torch.full((rows,), float("nan"), device=device, dtype=dtype)
                 live = alive.nonzero().flatten().tolist()
                 results = (
                     pool.map(chain_grad, live, [batch] * len(live)) if pool else (chain_grad(c, batch) for c in live)
@@ -382,11 +454,51 @@ def run_chains(
                     grad[c], loss[c] = g, ell
             # A chain's offending loss is kept; from then on it is frozen and records NaN.
             losses[:, t] = torch.where(alive, loss.detach().to(torch.float64), float("nan"))
-            bad = alive & ~(loss <= loss_limit)  # also catches NaN
+            bad = alive & ~(loss <= limit)  # also catches NaN
             diverged_step = torch.where(bad, t, diverged_step)
             alive = alive & ~bad
             # Eq. (8) as Δw = −β̃∇ℓ_m − γ̃(w − w*) + √ε ξ; frozen chains keep their last finite w.
-            step = grad.mul(bt).add_(w - w0, alpha=gt).sub_(noise, alpha=sqrt_eps)
+            if rmsprop:  # Δw = −G(β̃∇ℓ_m + γ̃(w − w*)) + √(εG) ξ, G = 1/(√v + δ) (module docstring)
+                square_avg.mul_(settings.rmsprop_alpha).addcmul_(grad, grad, value=1 - settings.rmsprop_alpha)
+                precond = (square_avg.sqrt() + settings.rmsprop_eps).reciprocal()
+                step = grad.mul(bt).add_(w - w0, alpha=gt).mul_(precond).sub_(precond.sqrt().mul_(xi), alpha=sqrt_eps)
+            else:
+                step = grad.mul(bt).add_(w - w0, alpha=gt).sub_(xi, alpha=sqrt_eps)
+            if move is not None:  # coordinates outside the restriction stay at w*
+                step = step.mul_(move)
             w = torch.where(alive[:, None], w - step, w)
     losses, diverged_step = losses.cpu(), diverged_step.cpu()  # waits for the device
-    return ChainSamples(losses, diverged_step, method, P, time.perf_counter() - start)
+    sizes = (P,) * R if masks is None else tuple(int(k) for k in masks.sum(1).tolist())
+    return ChainSamples(losses, diverged_step, method, P, time.perf_counter() - start, sizes)
+
+
+def _restricted(
+    model: nn.Module, loss_fn: LossFn, restrictions: Sequence[Restriction] | None
+) -> tuple[FlatLoss, torch.Tensor | None]:
+    """The flat loss over the parameter tensors the restrictions touch (all of them without
+    restrictions) and one boolean row per restriction over its entries (None when no restriction
+    freezes anything: the plain sampler, bitwise)."""
+    if not restrictions:
+        return FlatLoss(model, loss_fn), None
+    params = dict(model.named_parameters())
+    for r in restrictions:
+        unknown = [k for k in r.masks if k not in params or not params[k].requires_grad]
+        if unknown:
+            raise ValueError(f"restriction {r.name!r} names {unknown[0]!r}, not a trainable parameter of the model")
+    if all(r.is_everything(model) for r in restrictions):
+        return FlatLoss(model, loss_fn), None
+    touched = {k for r in restrictions for k in r.masks}
+    flat = FlatLoss(model, loss_fn, [k for k in params if k in touched])
+    rows = []
+    for r in restrictions:
+        parts = []
+        for k in flat.param_names:
+            m = r.masks.get(k, False)
+            if m is None:
+                parts.append(torch.ones(params[k].numel(), dtype=torch.bool))
+            elif m is False:
+                parts.append(torch.zeros(params[k].numel(), dtype=torch.bool))
+            else:
+                parts.append(m.reshape(-1).cpu())
+        rows.append(torch.cat(parts))
+    return flat, torch.stack(rows)
