@@ -437,6 +437,7 @@ def _cmd_llc(args) -> None:
             seed=args.seed,
             dataset_size=n,
             steps=_steps(args.steps),
+            method=args.method,
             compile=args.compile,
             overwrite=args.overwrite,
             workers=args.workers,
@@ -631,6 +632,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="decay of the running mean square gradient (rmsprop_sgld; default 0.99)",
     )
     ll.add_argument("--rmsprop-eps", type=POSITIVE, help="δ in G = 1/(√v + δ) (rmsprop_sgld; default 0.1)")
+    ll.add_argument(
+        "--method",
+        choices=["auto", "batched", "loop"],
+        default="auto",
+        help="SGLD path: all chains in one vmap call, a loop over chains, or chosen by rule (default; see slt/sgld.py)",
+    )
     ll.add_argument(
         "--compile",
         action="store_true",

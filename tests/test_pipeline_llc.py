@@ -122,3 +122,21 @@ def test_cli_compile_matches_eager_within_rounding(store, tmp_path, capsys):
     step = list(RunStore.open(store).dataset("llc").step.values).index(56)
     np.testing.assert_allclose(b["loss"][step], a["loss"][step], rtol=1e-4)
     assert abs(b["llc_mean"][step] - a["llc_mean"][step]) < 1e-2 * abs(a["llc_mean"][step]) + 0.05
+
+
+@pytest.mark.parametrize("method", ["loop", "batched"])
+def test_cli_method_is_the_path_taken_and_recorded(store, tmp_path, method):
+    """--method picks the SGLD path; the group's attrs (and so its fingerprint) record it, and the
+    two paths agree within rounding."""
+    from devarray import cli
+
+    common = ["--chains", "2", "--draws", "12", "--batch-size", "32", "--dataset-size", "256", "--steps", "56"]
+    assert cli.main(["llc", str(store), "--method", method, *common, "--threads", "1", "--quiet"]) == 0
+    ds = RunStore.open(store).dataset("llc")
+    assert ds.attrs["method"] == method
+    other = tmp_path / "other.zarr"
+    shutil.copytree(store.parent / "run.zarr", other, dirs_exist_ok=True)
+    flip = {"loop": "batched", "batched": "loop"}[method]
+    assert cli.main(["llc", str(other), "--method", flip, *common, "--threads", "1", "--quiet", "--overwrite"]) == 0
+    b = RunStore.open(other).dataset("llc")
+    np.testing.assert_allclose(ds.llc_mean.sel(step=56), b.llc_mean.sel(step=56), rtol=1e-3)
