@@ -139,6 +139,8 @@ def _loop(store, setting, cfg: dict, config: RunConfig, model, opt, start: int, 
         in_flight = None
         for step in range(start, num_steps + 1):
             if step in pending:
+                if in_flight is not None and not torch.isfinite(losses[flushed:step]).all():
+                    in_flight.result()  # the message below names the last checkpoint kept: let it land
                 _check_finite(losses, flushed, step, store)
                 snapshot = _snapshot(model, opt, evaluator, probe, train_obs)
                 if in_flight is not None:
