@@ -22,7 +22,7 @@ from devarray.slt import SGLDSettings, estimate_llc
 from devarray.slt.sgld import choose_method
 from devarray.store import RunStore
 
-from .runner import done, map_checkpoints, pending_steps, prepare_group, write_checkpoint
+from .runner import Job, Request, done, pending_steps, prepare_group, raise_first, run_requests, write_checkpoint
 
 GROUP = "llc"
 
@@ -105,7 +105,7 @@ def prepare(store: RunStore, attrs: dict, num_chains: int, num_draws: int, *, ov
     return prepare_group(store, GROUP, coords, attrs, "LLC estimates", overwrite=overwrite)
 
 
-def run(
+def request(
     path,
     settings: SGLDSettings,
     *,
@@ -116,18 +116,8 @@ def run(
     method: str = "auto",
     compile: bool = False,
     overwrite: bool = False,
-    workers: int = 0,
-    scheduler: str | None = None,
-    threads: int | None = None,
-    progress: bool = True,
-    wait: bool = False,
-) -> list[dict]:
-    """Estimate the LLC at every done checkpoint (or at ``steps``) not yet done; returns one
-    summary dict per checkpoint computed now.
-
-    ``compile=True`` runs the gradient under ``torch.compile`` (with the explicit attention, which
-    it fuses itself) for about 10–20 s of compiling per checkpoint; it paid off for long chains at
-    small batches (benchmarks/llc_throughput.py --compile); numbers agree within rounding."""
+) -> Request:
+    """The LLC of one store, checked (nothing written yet) and ready to plan under its lock."""
     store = RunStore.open(path)
     if dataset_size < settings.batch_size:
         raise StoreError(
@@ -137,18 +127,10 @@ def run(
         )
     pending_steps(store, GROUP, steps)  # refuses steps that are not checkpoints before anything is written
     attrs = sampler_attrs(store, settings, seed, dataset_size, init_loss_rows, method, compile)
-    with store.writing(GROUP, wait=wait):
+
+    def plan() -> list[Job]:
         sid = prepare(store, attrs, settings.num_chains, settings.num_draws, overwrite=overwrite)
-        pending = pending_steps(store, GROUP, steps)
-        return map_checkpoints(
-            _estimate,
-            path,
-            pending,
-            workers=workers,
-            scheduler=scheduler,
-            threads=threads,
-            progress=progress,
-            desc="llc",
+        kwargs = dict(
             settings=asdict(settings),
             seed=seed,
             dataset_size=dataset_size,
@@ -157,6 +139,32 @@ def run(
             compile=compile,
             settings_id=sid,
         )
+        return [Job(_estimate, store.location, pending_steps(store, GROUP, steps).tolist(), kwargs)]
+
+    return Request(store, GROUP, plan)
+
+
+def run(
+    path,
+    settings: SGLDSettings,
+    *,
+    workers: int = 0,
+    scheduler: str | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+    wait: bool = False,
+    **options,
+) -> list[dict]:
+    """Estimate the LLC at every done checkpoint (or at ``steps``) not yet done; returns one
+    summary dict per checkpoint computed now. ``options`` are :func:`request`'s.
+
+    ``compile=True`` runs the gradient under ``torch.compile`` (with the explicit attention, which
+    it fuses itself) for about 10–20 s of compiling per checkpoint; it paid off for long chains at
+    small batches (benchmarks/llc_throughput.py --compile); numbers agree within rounding."""
+    compute = dict(workers=workers, scheduler=scheduler, threads=threads, progress=progress, desc="llc")
+    outcomes = run_requests([request(path, settings, **options)], wait=wait, **compute)
+    raise_first(outcomes)
+    return outcomes[0].results
 
 
 def summary_table(path) -> str:

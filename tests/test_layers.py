@@ -18,6 +18,7 @@ ALLOWED = {
     "tasks": {"seeding"},
     "slt": {"seeding", "schemas"},
     "stages": set(),
+    "stages_across": set(),
     "observables": {"models", "tasks", "seeding"},
     "location": {"errors"},
     "store": {"__init__", "errors", "location", "schemas"},
@@ -31,6 +32,7 @@ ALLOWED = {
     "pipelines": {
         "checkpoints",
         "errors",
+        "location",
         "models",
         "observables",
         "schemas",
@@ -39,6 +41,7 @@ ALLOWED = {
         "stages",
         "store",
         "store_observables",
+        "train",
     },
 }
 
