@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import dask
 import numpy as np
 import torch
 import xarray as xr
@@ -98,14 +99,17 @@ def prepare_group(store, group: str, coords: dict, attrs: dict, what: str, *, ov
 
 def _with_threads(task: Callable, threads: int | None) -> Callable:
     def run(*args, **kwargs):
-        if not threads:
-            return task(*args, **kwargs)
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            return task(*args, **kwargs)
-        finally:
-            torch.set_num_threads(before)  # a task leaves the caller's thread count as it found it
+        # a task's own xarray reads are lazy dask arrays: compute them right here, never as new
+        # tasks on the cluster the task runs on (they would queue behind it and wait for it)
+        with dask.config.set(scheduler="synchronous"):
+            if not threads:
+                return task(*args, **kwargs)
+            before = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                return task(*args, **kwargs)
+            finally:
+                torch.set_num_threads(before)  # a task leaves the caller's thread count as it found it
 
     run.__name__ = getattr(task, "__name__", "task")
     return run
@@ -223,7 +227,8 @@ def run_jobs(
     threads = threads or (1 if distributed else torch.get_num_threads() or os.cpu_count())
     bar = tqdm(total=total, desc=desc, unit="ckpt", disable=not progress)
     given = contextlib.nullcontext(client) if client is not None else client_for(workers, scheduler)
-    with given as client:
+    # the driver's own reads stay in this process too (the Client would make itself their scheduler)
+    with given as client, dask.config.set(scheduler="synchronous"):
         if client is None:
             for out in outcomes:
                 run = _with_threads(out.job.task, threads)

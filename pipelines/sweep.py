@@ -20,6 +20,7 @@ import itertools
 import uuid
 from dataclasses import dataclass, field
 
+import dask
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -269,6 +270,8 @@ def run_sweep(
             return
         submit(run, "stages", stages.stages_task, run.spec.location)
 
+    sync = dask.config.set(scheduler="synchronous")  # the driver's reads stay here, off the cluster
+    sync.__enter__()
     try:
         for run in runs.values():
             if trained(run.spec):
@@ -292,6 +295,7 @@ def run_sweep(
                 bar_ckpt.update()
             settle(run)
     finally:
+        sync.__exit__(None, None, None)
         for run in runs.values():
             for stack in run.locks.values():
                 stack.close()
