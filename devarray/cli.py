@@ -268,13 +268,20 @@ def _figure(paths: list[str], out) -> None:
         ds, stages, fits = inputs[0]
         fig = plots.run_figure(ds, stages, fits=fits)
     else:
-        names = [Path(p).name.removesuffix(".zarr") for p in paths]
+        from .location import Location
+
+        names = [Location.of(p).name.removesuffix(".zarr") for p in paths]
         ds = xr.concat([i[0] for i in inputs], dim="run", join="outer").assign_coords(run=names)
         st = [i[1] for i in inputs]
         stages = (
             xr.concat(st, dim="run", join="outer").assign_coords(run=names) if all(s is not None for s in st) else None
         )
-        fig = plots.run_figure(ds, stages)
+        matched = None
+        if stages is not None:  # figure B.3 with the boundaries matched across the runs (B.4)
+            from .stages_across import match_runs
+
+            matched = match_runs(dict(zip(names, st)))
+        fig = plots.run_figure(ds, stages, matched=matched)
     plots.save_png(fig, out)
 
 
@@ -289,7 +296,7 @@ def _cmd_figure(args) -> None:
             raise ConfigError("--metrics draws one run; give one store")
         store_metrics_figure(args.stores[0], args.output)
     else:
-        _figure(args.stores, args.output)
+        _figure(_stores(args), args.output)
     print(f"figure written to {args.output}")
 
 
@@ -309,7 +316,7 @@ def _cmd_app(args) -> None:
 def _cmd_info(args) -> None:
     from .store import RunStore
 
-    for path in args.stores:
+    for path in _stores(args):
         print(RunStore.open(path, mode="r").summary())
 
 
@@ -739,6 +746,7 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("stores", nargs="+")
     fi.add_argument("-o", "--output", default="figure.png", help="PNG file to write")
     fi.add_argument("--metrics", action="store_true", help="figure 4 of a language run: its appendix-C metrics")
+    _add_storage_option(fi)
     fi.set_defaults(func=_cmd_figure)
 
     co = sub.add_parser("compare", help="largest true-next-token logit changes between two checkpoints (C.1.4)")
@@ -797,6 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="what a store holds and how complete it is")
     i.add_argument("stores", nargs="+")
+    _add_storage_option(i)
     i.set_defaults(func=_cmd_info)
     return p
 
