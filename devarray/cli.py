@@ -217,6 +217,7 @@ def _cmd_sweep(args) -> int:
         parse_storage_options(args.storage_options),
     )
     pipelines = [p.strip() for p in args.pipelines.split(",") if p.strip()]
+    sweep.check(specs, pipelines, args.llc_preset, args.hessian_preset)
     where = args.scheduler or f"a LocalCluster of {args.workers} processes"
     print(f"sweep: {len(specs)} runs of {args.setting} ({args.preset}) into {args.out_dir}, on {where}")
     with client_for(args.workers, args.scheduler) as client:

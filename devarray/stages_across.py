@@ -22,7 +22,8 @@ DEFAULT_TOLERANCE = 0.25  # decades of step, when no run has two boundaries to l
 
 def _boundaries(stages: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
     steps = np.asarray(stages.boundary_step.values, dtype=float) if "boundary_step" in stages else np.array([])
-    kinds = np.asarray(stages.boundary_kind.values, dtype=str) if "boundary_kind" in stages else np.array([])
+    # stored text comes back as numpy's variable-length StringDType, which will not cast to "<U"
+    kinds = np.array([str(k) for k in stages.boundary_kind.values] if "boundary_kind" in stages else [], dtype=object)
     keep = np.isfinite(steps) & (steps > 0)  # padded runs (NaN) and step 0 have no log step
     return steps[keep], kinds[keep]
 

@@ -24,6 +24,7 @@ import dask
 import numpy as np
 from tqdm.auto import tqdm
 
+from devarray import observables as obs
 from devarray.errors import ConfigError, DevarrayError
 from devarray.location import Location
 from devarray.settings import get
@@ -190,6 +191,15 @@ def _analysis_presets(spec: RunSpec, config: dict, llc_preset: str | None, hessi
     return presets[name], dict(setting.hessian_presets[hname])
 
 
+def check(specs: list[RunSpec], pipelines=PIPELINES, llc_preset=None, hessian_preset=None) -> None:
+    """Refuse an unknown pipeline or analysis preset before any cluster starts or run trains."""
+    unknown = sorted(set(pipelines) - set(PIPELINES))
+    if unknown:
+        raise ConfigError(f"unknown pipeline {unknown[0]!r} in --pipelines; choose from {', '.join(PIPELINES)}")
+    for spec in specs:
+        _analysis_presets(spec, spec.config().to_dict(), llc_preset, hessian_preset)
+
+
 def run_sweep(
     specs: list[RunSpec],
     *,
@@ -203,11 +213,7 @@ def run_sweep(
     """Train and analyse every run of ``specs`` on ``client``'s cluster (see the module docstring)."""
     from distributed import as_completed
 
-    unknown = sorted(set(pipelines) - set(PIPELINES))
-    if unknown:
-        raise ConfigError(f"unknown pipeline {unknown[0]!r}; choose from {', '.join(PIPELINES)}")
-    for spec in specs:  # a wrong preset name stops the sweep before anything runs
-        _analysis_presets(spec, spec.config().to_dict(), llc_preset, hessian_preset)
+    check(specs, pipelines, llc_preset, hessian_preset)
     runs = {spec.name: _Run(spec) for spec in specs}
     owner: dict = {}  # future -> (run name, kind)
     computed = {"train": 0, **{p: 0 for p in pipelines}}
@@ -317,10 +323,14 @@ def run_row(spec: RunSpec, error: str | None = None) -> dict:
         row.update(trained=len(store.done_steps("params")), checkpoints=total)
         for group in ("llc", "hessian"):
             row[group] = len(store.done_steps(group)) if store.has_group(group) else 0
-        if store.has_group("observables"):
-            flags = [v for v in store.variables("observables") if v.startswith("done_")]
-            masks = [store.array("observables", f)[:].astype(bool) for f in flags]
-            row["observe"] = int(np.logical_and.reduce(masks).sum()) if masks else 0
+        # checkpoints with every observable registered for the setting done (training writes a few)
+        wanted = obs.names(task=get(spec.setting).observables)
+        have = set(store.variables("observables")) if store.has_group("observables") else set()
+        if wanted and all(f"done_{n}" in have for n in wanted):
+            masks = [store.array("observables", f"done_{n}")[:].astype(bool) for n in wanted]
+            row["observe"] = int(np.logical_and.reduce(masks).sum())
+        else:
+            row["observe"] = 0
         ev = store.dataset("eval")
         done_eval = store.done_steps("eval")
         if len(done_eval):
