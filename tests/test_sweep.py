@@ -5,10 +5,10 @@ import logging
 
 import numpy as np
 import pytest
+from devarray.pipelines import runner, sweep
 
 from devarray.cli import main
 from devarray.errors import ConfigError
-from devarray.pipelines import runner, sweep
 from devarray.store import RunStore, StoreError, open_runs
 
 
