@@ -258,6 +258,13 @@ def figure_inputs(path) -> tuple:
     return ds, stages, fits
 
 
+def _object_text(ds):
+    for v in ds.variables:
+        if ds[v].dtype.kind in "TU":
+            ds[v] = ds[v].astype(object)
+    return ds
+
+
 def _figure(paths: list[str], out) -> None:
     """Figure 1/B.2 of one run (B.3 with several: the runs overlaid), rendered to PNG."""
     import xarray as xr
@@ -273,7 +280,8 @@ def _figure(paths: list[str], out) -> None:
 
         names = [Location.of(p).name.removesuffix(".zarr") for p in paths]
         ds = xr.concat([i[0] for i in inputs], dim="run", join="outer").assign_coords(run=names)
-        st = [i[1] for i in inputs]
+        # text read back is numpy's StringDType, which concat cannot pad: object arrays can
+        st = [None if i[1] is None else _object_text(i[1]) for i in inputs]
         stages = (
             xr.concat(st, dim="run", join="outer").assign_coords(run=names) if all(s is not None for s in st) else None
         )

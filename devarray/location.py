@@ -99,6 +99,12 @@ class Location:
 
     # ------------------------------------------------------------------ fsspec
     @property
+    def options(self) -> dict:
+        """The storage options as given, with listings uncached unless asked: several processes
+        write one store, and a cached listing would hide a group another process created."""
+        return {"use_listings_cache": False, **self.storage_options}
+
+    @property
     def fs(self):
         """The fsspec filesystem (cached per location; fsspec caches instances too)."""
         cached = self.__dict__.get("_fs")
@@ -111,7 +117,7 @@ class Location:
         import fsspec
 
         try:
-            fs, root = fsspec.url_to_fs(self.url, **self.storage_options)
+            fs, root = fsspec.url_to_fs(self.url, **self.options)
         except ImportError:
             protocol = self.url.split("://", 1)[0]
             extra = _EXTRAS.get(protocol, protocol)
@@ -138,7 +144,7 @@ class Location:
         if self.is_local:
             return zarr.storage.LocalStore(self.url, read_only=read_only)
         self.fs  # noqa: B018 - a missing fsspec backend is a one-line error here, not deep inside zarr
-        return zarr.storage.FsspecStore.from_url(self.url, storage_options=self.storage_options, read_only=read_only)
+        return zarr.storage.FsspecStore.from_url(self.url, storage_options=self.options, read_only=read_only)
 
     def exists(self, key: str = "") -> bool:
         if self.is_local:
