@@ -114,6 +114,7 @@ class RunStore:
         self.root = root
         self._arrays: dict[str, zarr.Array] = {}  # open array handles; metadata is immutable once made
         self._steps: dict[str, np.ndarray] = {}
+        self._consolidated: zarr.Group | None = None  # object storage: where array metadata is read
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -179,6 +180,7 @@ class RunStore:
     def consolidate(self) -> None:
         self._arrays.clear()
         self._steps.clear()
+        self._consolidated = None
         with _quiet_zarr():
             zarr.consolidate_metadata(self.root.store)
 
@@ -188,6 +190,9 @@ class RunStore:
         return self.root.attrs["config"]
 
     def has_group(self, name: str) -> bool:
+        if not self.location.is_local:
+            # one request, where listing the root reads every child's metadata (a request each)
+            return "/" not in name and self.location.exists(f"{name}/zarr.json")
         return name in self.root.group_keys()
 
     def group(self, name: str) -> zarr.Group:
@@ -207,11 +212,30 @@ class RunStore:
     def array(self, group: str, name: str) -> zarr.Array:
         key = f"{group}/{name}"
         if key not in self._arrays:
-            g = self.group(group)
+            g = self._structure(group)
             if name not in g:
-                raise StoreError(f"{self.path} has no variable {key}")
+                g = self.group(group)  # not in the consolidated copy: the live hierarchy decides
+                if name not in g:
+                    raise StoreError(f"{self.path} has no variable {key}")
             self._arrays[key] = g[name]
         return self._arrays[key]
+
+    def _structure(self, group: str) -> zarr.Group:
+        """The group arrays are opened from: the live one on disk; on object storage the
+        consolidated copy, which holds every array's metadata in the root's one object (a request
+        per array otherwise). Array metadata never changes once made, and the driver consolidates
+        after every structural change; attributes (settings) are still read live by ``group``."""
+        if self.location.is_local:
+            return self.group(group)
+        if self._consolidated is None:
+            with _quiet_zarr():
+                self._consolidated = zarr.open_group(
+                    self.root.store, mode="r" if self.root.read_only else "r+", zarr_format=3, use_consolidated=True
+                )
+        try:
+            return self._consolidated[group]
+        except KeyError:
+            return self.group(group)
 
     def steps(self, group: str = "params") -> np.ndarray:
         """The checkpoint steps of a group (its ``step`` coordinate)."""
@@ -508,7 +532,7 @@ class RunStore:
 
     def variables(self, group: str) -> list[str]:
         """Names of the data variables of a group (not its coordinates), sorted."""
-        g = self.group(group)
+        g = self._structure(group)
         return sorted(k for k in g.array_keys() if tuple(g[k].metadata.dimension_names or ()) != (k,))
 
     def validate(self) -> None:
