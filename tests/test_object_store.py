@@ -92,10 +92,10 @@ def test_a_url_without_its_package_names_the_extra(monkeypatch):
 
 @pytest.mark.slow
 def test_train_llc_on_two_processes_kill_a_worker_resume_and_read_back_with_plain_xarray(s3, tmp_path):
-    from distributed import Client, LocalCluster
-
     from devarray.pipelines import llc
     from devarray.pipelines.runner import run_requests
+    from distributed import Client, LocalCluster
+
     from devarray.settings import get
     from devarray.train import make_config, train
 
