@@ -22,9 +22,8 @@ def _warm():
 
 
 def measure(workers: int, preset: str, runs: int, pipelines: list[str]) -> dict:
-    from distributed import Client, LocalCluster, get_task_stream
-
     from devarray.pipelines import sweep
+    from distributed import Client, LocalCluster, get_task_stream
 
     with tempfile.TemporaryDirectory() as out:
         specs = sweep.grid("lr", preset, list(range(runs)), {}, out)

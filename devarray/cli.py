@@ -403,7 +403,7 @@ def _raise_failed(failed: dict) -> None:
         print(f"devarray: error: {path}: {error}", file=sys.stderr)
     path, error = next(iter(failed.items()))
     if isinstance(error, DevarrayError):
-        raise type(error)(f"{path}: {error}") if len(failed) > 1 else error
+        raise type(error)(f"{path}: {error}", argument=error.argument) if len(failed) > 1 else error
     raise error
 
 
