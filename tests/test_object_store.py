@@ -187,3 +187,21 @@ def test_train_llc_on_two_processes_kill_a_worker_resume_and_read_back_with_plai
     # and devarray's own cross-run reader takes the URL glob
     runs = open_runs(f"s3://{BUCKET}/runs/*.zarr", group="llc", storage_options=s3)
     assert runs.sizes["run"] == 1 and runs.run.values.tolist() == ["lr-tiny-s0"]
+
+
+def test_a_memory_url_is_a_store_like_any_other():
+    import xarray as xr
+
+    url = "memory://devarray-test/runs/m.zarr"
+    store = RunStore.create(url, {"setting": "lr", "seed": 3})
+    store.create_group("hessian", {"step": np.array([0, 10]), "eig": np.arange(2)})
+    with store.writing("hessian"):
+        store.write("hessian", 10, {"trace": 2.5, "top_eigenvalues": [2.0, 1.0]})
+        store.mark_done("hessian", 10)
+    assert store.damaged_groups() == {}
+    ds = xr.open_zarr(url, group="hessian")  # plain xarray, the consolidated metadata
+    assert ds.done.values.tolist() == [False, True] and float(ds.trace.sel(step=10)) == 2.5
+    runs = open_runs("memory://devarray-test/runs/*.zarr", group="hessian")
+    assert runs.seed.values.tolist() == [3]
+    with pytest.raises(StoreError, match="already exists; pass --overwrite"):
+        RunStore.create(url, {"setting": "lr", "seed": 3})
