@@ -97,12 +97,14 @@ def _setting_options() -> dict[str, dict]:
 
 
 def _cmd_hessian(args) -> None:
-    _writable_stores(args.stores)
+    stores = _stores(args)
+    _writable_stores(stores)
     from devarray.pipelines import hessian
 
     from .settings import setting_for
 
-    for path in args.stores:
+    requests = []
+    for path in stores:
         presets = setting_for(RunStore.open(path, mode="r").config).hessian_presets
         if args.preset not in presets:
             raise ConfigError(f"unknown Hessian preset {args.preset!r}; choose one of {', '.join(presets)}")
@@ -111,35 +113,42 @@ def _cmd_hessian(args) -> None:
             {k: getattr(args, k) for k in ("batch_size", "num_probes", "top_k") if getattr(args, k) is not None}
         )
         settings["num_lanczos"] = max(settings["num_lanczos"], settings["top_k"])
-        hessian.run(
-            path,
-            **settings,
-            seed=args.seed,
-            steps=_steps(args.steps),
-            overwrite=args.overwrite,
-            workers=args.workers,
-            scheduler=args.scheduler,
-            threads=args.threads,
-            progress=not args.quiet,
-            wait=args.wait,
+        requests.append(
+            hessian.request(path, **settings, seed=args.seed, steps=_steps(args.steps), overwrite=args.overwrite)
         )
+    failed = _run_all(requests, args, "hessian")
+    for path in stores:
+        if path in failed:
+            continue
         ds = hessian.as_dataset(path)
         print(
             f"{path}: Hessian trace {float(ds.trace.min()):.3g}…{float(ds.trace.max()):.3g}, "
             f"top eigenvalue {float(ds.top_eigenvalues.isel(eig=0).min()):.3g}…"
             f"{float(ds.top_eigenvalues.isel(eig=0).max()):.3g} over {ds.sizes['step']} checkpoints"
         )
+    _raise_failed(failed)
 
 
 def _cmd_stages(args) -> None:
-    _writable_stores(args.stores)
+    stores = _stores(args)
+    _writable_stores(stores)
     from devarray.pipelines import stages
+    from devarray.pipelines.runner import Job, raise_first, run_jobs
 
-    for path in args.stores:
-        options = {"tolerance": args.tolerance} if args.tolerance is not None else {}
-        if args.wrt:
-            options["wrt"] = args.wrt
-        stages.run(path, args.variable, noise=args.noise, **options)
+    options = {"tolerance": args.tolerance} if args.tolerance is not None else {}
+    if args.wrt:
+        options["wrt"] = args.wrt
+    # one GP fit per store, side by side on a cluster (--workers); --across keeps current divisions
+    todo = [p for p in stores if not (args.across and stages.is_current(RunStore.open(p, mode="r"), args.variable))]
+    jobs = [Job(stages.stages_task, p, None, dict(variable=args.variable, noise=args.noise, **options)) for p in todo]
+    raise_first(run_jobs(jobs, **_compute(args, "stages")))
+    if args.across:
+        from .stages_across import across_table, match_runs
+
+        runs = {p.name.removesuffix(".zarr"): RunStore.open(p, mode="r").dataset("stages").load() for p in stores}
+        print(across_table(match_runs(runs, tolerance=args.match_tolerance)))
+        return
+    for path in stores:
         print(f"{path}: stages of {args.variable}")
         print(stages.table(path))
         report = stages.report(path)
@@ -194,6 +203,40 @@ def _cmd_demo(args) -> None:
     print(f"explore: panel serve apps/stages.py --args {path}")
 
 
+def _cmd_sweep(args) -> int:
+    from devarray.pipelines import sweep
+    from devarray.pipelines.runner import client_for
+
+    from .location import parse_storage_options
+
+    specs = sweep.grid(
+        args.setting,
+        args.preset,
+        sweep.parse_seeds(args.seeds),
+        sweep.parse_sets(args.set, args.setting),
+        args.out_dir,
+        parse_storage_options(args.storage_options),
+    )
+    pipelines = [p.strip() for p in args.pipelines.split(",") if p.strip()]
+    sweep.check(specs, pipelines, args.llc_preset, args.hessian_preset)
+    where = args.scheduler or f"a LocalCluster of {args.workers} processes"
+    print(f"sweep: {len(specs)} runs of {args.setting} ({args.preset}) into {args.out_dir}, on {where}")
+    with client_for(args.workers, args.scheduler) as client:
+        result = sweep.run_sweep(
+            specs,
+            client=client,
+            pipelines=pipelines,
+            llc_preset=args.llc_preset,
+            hessian_preset=args.hessian_preset,
+            threads=args.threads,
+            progress=not args.quiet,
+        )
+    done = ", ".join(f"{n} {k}" for k, n in result.computed.items())
+    print(f"computed now: {done} tasks")
+    print(result.table())
+    return 1 if result.errors else 0
+
+
 def figure_inputs(path) -> tuple:
     """(curves over step, stages Dataset or None, GP fits by variable) of one store."""
     import xarray as xr
@@ -220,6 +263,13 @@ def figure_inputs(path) -> tuple:
     return ds, stages, fits
 
 
+def _object_text(ds):
+    for v in ds.variables:
+        if ds[v].dtype.kind in "TU":
+            ds[v] = ds[v].astype(object)
+    return ds
+
+
 def _figure(paths: list[str], out) -> None:
     """Figure 1/B.2 of one run (B.3 with several: the runs overlaid), rendered to PNG."""
     import xarray as xr
@@ -231,13 +281,21 @@ def _figure(paths: list[str], out) -> None:
         ds, stages, fits = inputs[0]
         fig = plots.run_figure(ds, stages, fits=fits)
     else:
-        names = [Path(p).name.removesuffix(".zarr") for p in paths]
+        from .location import Location
+
+        names = [Location.of(p).name.removesuffix(".zarr") for p in paths]
         ds = xr.concat([i[0] for i in inputs], dim="run", join="outer").assign_coords(run=names)
-        st = [i[1] for i in inputs]
+        # text read back is numpy's StringDType, which concat cannot pad: object arrays can
+        st = [None if i[1] is None else _object_text(i[1]) for i in inputs]
         stages = (
             xr.concat(st, dim="run", join="outer").assign_coords(run=names) if all(s is not None for s in st) else None
         )
-        fig = plots.run_figure(ds, stages)
+        matched = None
+        if stages is not None:  # figure B.3 with the boundaries matched across the runs (B.4)
+            from .stages_across import match_runs
+
+            matched = match_runs(dict(zip(names, st)))
+        fig = plots.run_figure(ds, stages, matched=matched)
     plots.save_png(fig, out)
 
 
@@ -275,7 +333,7 @@ def _cmd_figure(args) -> None:
             raise ConfigError("--metrics draws one run; give one store")
         store_metrics_figure(args.stores[0], args.output)
     else:
-        _figure(args.stores, args.output)
+        _figure(_stores(args), args.output)
     print(f"figure written to {args.output}")
 
 
@@ -295,7 +353,7 @@ def _cmd_app(args) -> None:
 def _cmd_info(args) -> None:
     from .store import RunStore
 
-    for path in args.stores:
+    for path in _stores(args):
         print(RunStore.open(path, mode="r").summary())
     print("(from the done flags; `devarray verify STORE` reads every chunk)")
 
@@ -358,8 +416,63 @@ def _writable_stores(paths) -> None:
     """Stop before any work when a store cannot be written (read-only file system, permissions)."""
     for path in paths:
         RunStore.open(path, mode="r")  # a clear error for what is not a store
-        if not os.access(path, os.W_OK):
+        if getattr(path, "is_local", True) and not os.access(path, os.W_OK):
             raise StoreError(f"{path} is read-only; copy it somewhere writable to compute into it")
+
+
+def _stores(args, given=None) -> list:
+    """The stores named on the command line (paths, URLs, and globs of either) as
+    ``devarray.location.Location``s carrying ``--storage-options``."""
+    from .location import Location, glob_locations, parse_storage_options
+
+    options = parse_storage_options(getattr(args, "storage_options", None))
+    found = []
+    for text in given if given is not None else args.stores:
+        if any(c in text for c in "*?["):
+            matches = glob_locations(text, options)
+            if not matches:
+                raise StoreError(f"no run stores match {text!r}; check the pattern (quote it for the shell)")
+            found += matches
+        else:
+            found.append(Location.of(text, options))
+    return list(dict.fromkeys(found))
+
+
+def _compute(args, desc: str) -> dict:
+    """The cluster options of a pipeline command, as :func:`devarray.pipelines.runner.run_jobs` takes them."""
+    return dict(
+        workers=getattr(args, "workers", 0),
+        scheduler=getattr(args, "scheduler", None),
+        threads=getattr(args, "threads", None),
+        progress=not getattr(args, "quiet", False),
+        desc=desc,
+    )
+
+
+def _run_all(requests, args, desc: str, results: dict | None = None) -> dict:
+    """Every store's checkpoints submitted together; returns {store: error} of the stores that
+    failed (their neighbours' work is kept) and fills ``results`` {store: task results}."""
+    from devarray.pipelines.runner import run_requests
+
+    failed = {}
+    for out in run_requests(requests, wait=args.wait, **_compute(args, desc)):
+        if results is not None:
+            results.setdefault(out.job.path, []).extend(out.results)
+        if out.error is not None:
+            failed.setdefault(out.job.path, out.error)
+    return failed
+
+
+def _raise_failed(failed: dict) -> None:
+    """Name every failed store on stderr, then stop with the first one's error (exit status 2)."""
+    if not failed:
+        return
+    for path, error in list(failed.items())[1:]:
+        print(f"devarray: error: {path}: {error}", file=sys.stderr)
+    path, error = next(iter(failed.items()))
+    if isinstance(error, DevarrayError):
+        raise type(error)(f"{path}: {error}", argument=error.argument) if len(failed) > 1 else error
+    raise error
 
 
 def _llc_preset(setting, config: dict, name: str):
@@ -414,42 +527,50 @@ def _llc_settings(args, setting, config: dict):
 
 
 def _cmd_llc(args) -> None:
-    _writable_stores(args.stores)
+    stores = _stores(args)
+    _writable_stores(stores)
     from devarray.pipelines import llc
 
     from .settings import setting_for
 
-    for path in args.stores:
+    requests = []
+    for path in stores:
         config = RunStore.open(path, mode="r").config
         settings, n = _llc_settings(args, setting_for(config), config)
         print(
             f"LLC: {settings.num_chains} chains x {settings.num_steps} steps ({settings.num_burnin_steps} burn-in), "
             f"eps={settings.epsilon:g} beta~={settings.beta_tilde:g} (nbeta={settings.nbeta:.4g}) "
             f"gamma~={settings.gamma_tilde:g}, m={settings.batch_size}, n={n}"
+            + (f"  [{path}]" if len(stores) > 1 else "")
         )
         if settings.sampler != "sgld":
             print(f"sampler {settings.sampler} (alpha={settings.rmsprop_alpha:g}, delta={settings.rmsprop_eps:g})")
-        results = llc.run(
-            path,
-            settings,
-            restrictions=_names(args.restrict),
-            data=_names(args.data),
-            seed=args.seed,
-            dataset_size=n,
-            steps=_steps(args.steps),
-            method=args.method,
-            compile=args.compile,
-            overwrite=args.overwrite,
-            workers=args.workers,
-            scheduler=args.scheduler,
-            threads=args.threads,
-            progress=not args.quiet,
-            wait=args.wait,
+        requests.append(
+            llc.request(
+                path,
+                settings,
+                restrictions=_names(args.restrict),
+                data=_names(args.data),
+                seed=args.seed,
+                dataset_size=n,
+                steps=_steps(args.steps),
+                method=args.method,
+                compile=args.compile,
+                overwrite=args.overwrite,
+            )
         )
+    results: dict = {}
+    failed = _run_all(requests, args, "llc", results)
+    for path in stores:
+        if path in failed:
+            continue
+        if len(stores) > 1:
+            print(f"{path}:")
         print(llc.summary_table(path))
-        warning = llc.flagged(results)
+        warning = llc.flagged(results.get(path, []))
         if warning:
-            print(f"warning: {warning}", file=sys.stderr)
+            print(f"warning: {path}: {warning}", file=sys.stderr)
+    _raise_failed(failed)
 
 
 def _cmd_calibrate(args) -> None:
@@ -521,29 +642,32 @@ def _cmd_observe(args) -> None:
     from devarray.pipelines import observe
 
     # `devarray observe STORE... [NAME...]`: paths (existing, or ending in .zarr) are stores
-    stores = [t for t in args.targets if t.endswith(".zarr") or Path(t).exists()]
+    stores = [t for t in args.targets if t.endswith(".zarr") or "://" in t or "*" in t or Path(t).exists()]
     names = [t for t in args.targets if t not in stores] + (args.names or [])
     if not stores:
         raise StoreError(
             f"no run store among {' '.join(args.targets)}; give a store path first, e.g. "
             "devarray observe stores/lr-quick-s0.zarr icl_scores"
         )
+    stores = _stores(args, stores)
     _writable_stores(stores)
-    for path in stores:
-        results = observe.run(
+    requests = [
+        observe.request(
             path,
             names or None,
             probe_seed=args.probe_seed,
             modules=args.module,
             steps=_steps(args.steps),
             overwrite=args.overwrite,
-            workers=args.workers,
-            scheduler=args.scheduler,
-            threads=args.threads,
-            progress=not args.quiet,
-            wait=args.wait,
         )
-        print(f"{path}: computed {sum(len(r['names']) for r in results)} observable-checkpoints")
+        for path in stores
+    ]
+    results: dict = {}
+    failed = _run_all(requests, args, "observe", results)
+    for path in stores:
+        if path not in failed:
+            print(f"{path}: computed {sum(len(r['names']) for r in results.get(path, []))} observable-checkpoints")
+    _raise_failed(failed)
 
 
 def _add_compute_options(p: argparse.ArgumentParser) -> None:
@@ -558,6 +682,15 @@ def _add_compute_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait", action="store_true", help="wait for another writer of the same group instead of stopping")
     p.add_argument("--overwrite", action="store_true", help="recompute what was stored with other settings")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_storage_option(p)
+
+
+def _add_storage_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage-options",
+        metavar="JSON",
+        help="fsspec options for store URLs (s3://, gs://, memory://), e.g. endpoint and credentials",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -708,6 +841,21 @@ def build_parser() -> argparse.ArgumentParser:
         default="learned",
         help="GP noise: learned from the curve (default), or each checkpoint's chain standard error",
     )
+    st.add_argument(
+        "--across",
+        action="store_true",
+        help="match the boundaries of the runs to each other and print the B.4 table (spread, missing, split)",
+    )
+    st.add_argument(
+        "--match-tolerance",
+        type=POSITIVE,
+        default=None,
+        help="--across: widest gap, in decades of step, between boundaries of one stage (default: from the data)",
+    )
+    st.add_argument("--workers", type=COUNT, default=0, help="fit the runs on a LocalCluster of N processes")
+    st.add_argument("--scheduler", help="address of a running dask scheduler")
+    st.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_storage_option(st)
     st.set_defaults(func=_cmd_stages)
 
     fi = sub.add_parser("figure", help="the paper's figure 1/B.2 for a run (several runs: overlaid, B.3)")
@@ -719,6 +867,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="refined LLC curves (devarray llc --restrict): one panel per layer's heads, stage shading",
     )
+    _add_storage_option(fi)
     fi.set_defaults(func=_cmd_figure)
 
     co = sub.add_parser("compare", help="largest true-next-token logit changes between two checkpoints (C.1.4)")
@@ -749,8 +898,35 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--show", action="store_true", help="open it in a browser")
     ap.set_defaults(func=_cmd_app)
 
+    sw = sub.add_parser(
+        "sweep",
+        help="train a grid of runs (seeds x options) and analyse them all on a dask cluster",
+        description="Train every run of the grid as its own dask task, then its LLC, Hessian, observables and "
+        "stages, every checkpoint of every run on the same cluster; the same command resumes.",
+    )
+    sw.add_argument("setting", metavar="SETTING", help=f"the setting ({known})")
+    sw.add_argument("--preset", default="tiny", help="training preset (default tiny); LLC and Hessian follow it")
+    sw.add_argument("--seeds", default="0-4", help="seeds: a range or list, e.g. 0-4 or 0,2,5 (default 0-4)")
+    sw.add_argument(
+        "--set", action="append", default=[], metavar="KEY=V1,V2", help="a training option's values (repeatable)"
+    )
+    sw.add_argument("--out-dir", default="stores", help="folder or URL (s3://bucket/runs) for the stores")
+    cluster = sw.add_mutually_exclusive_group()
+    cluster.add_argument(
+        "--workers", type=POSITIVE_INT, default=os.cpu_count() or 1, help="LocalCluster processes (default: cores)"
+    )
+    cluster.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://host:8786")
+    sw.add_argument("--pipelines", default="llc,hessian,observe,stages", help="analyses to run after training")
+    sw.add_argument("--llc-preset", help="LLC sampler preset (default: the training preset's, else quick)")
+    sw.add_argument("--hessian-preset", help="Hessian preset (default: the training preset's, else quick)")
+    sw.add_argument("--threads", type=POSITIVE_INT, default=1, help="torch threads per task (default 1)")
+    sw.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_storage_option(sw)
+    sw.set_defaults(func=_cmd_sweep)
+
     i = sub.add_parser("info", help="what a store holds and how complete it is (its done flags)")
     i.add_argument("stores", nargs="+")
+    _add_storage_option(i)
     i.set_defaults(func=_cmd_info)
 
     ve = sub.add_parser(
@@ -796,7 +972,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args)  # a command may end with its own status (sweep: 1 when a run failed)
     except DevarrayError as e:
         print(f"devarray: error: {_user_message(e, parser, args.command)}", file=sys.stderr)
         return 2
@@ -821,7 +997,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"devarray: error: {found}", file=sys.stderr)
         return 1
-    return 0
+    return status or 0
 
 
 def _store_arguments(args) -> list[str]:

@@ -98,6 +98,22 @@ def stage_overlay(stages: xr.Dataset) -> hv.Overlay:
     return hv.Overlay(spans + lines)
 
 
+def matched_overlay(matched: xr.Dataset, stages: xr.Dataset | None = None) -> hv.Overlay:
+    """Boundaries matched across runs (``devarray.stages_across.match_runs``, B.4): a band over
+    each group's spread, a solid line at its median, and every run's own boundaries dashed."""
+    spans = [
+        _style(hv.VSpan(max(float(a), 1.0), max(float(b), 1.0)), color="grey", alpha=0.25, line_width=0)
+        for a, b in zip(matched.first_step.values, matched.last_step.values)
+    ]
+    medians = [_style(hv.VLine(float(m)), color="black", alpha=0.8, line_width=1.5) for m in matched.median_step.values]
+    lines = [
+        _style(hv.VLine(float(s)), dash="--", color="black", alpha=0.4, line_width=0.8)
+        for s in matched.step.values.ravel()
+        if np.isfinite(s)
+    ]
+    return hv.Overlay(spans + medians + lines)
+
+
 def _dim(da: xr.DataArray) -> hv.Dimension:
     return hv.Dimension(str(da.name), label=da.attrs.get("long_name", str(da.name)), unit=da.attrs.get("units") or None)
 
@@ -183,14 +199,17 @@ def run_figure(
     fits: Mapping[str, xr.Dataset] | None = None,
     variables: Sequence[str] = ("test_loss", "llc_mean", "weight_norm"),
     bands: Mapping[str, str] | None = None,
+    matched: xr.Dataset | None = None,
 ) -> hv.Layout:
     """Figure 1 / B.2 of a run (or B.3 when ``ds`` has a ``run`` dim: the runs overlaid).
 
     ``ds`` holds the curves over ``step`` (merge the ``eval`` and ``llc`` groups); ``stages`` is
     :func:`devarray.stages.find_stages`'s result, which also supplies the GP fit of the variable it
     staged; ``fits`` adds GP fits of other variables (any ``find_stages`` result); ``bands`` maps a
-    variable to its ± spread (default ``llc_mean`` ↦ ``llc_std``). Variables absent from ``ds``
-    are left out. Returns a two-row layout: curves on top, slopes in log step below."""
+    variable to its ± spread (default ``llc_mean`` ↦ ``llc_std``); ``matched`` (several runs'
+    boundaries matched, B.4) replaces the first run's shading by the matched boundaries and their
+    spread. Variables absent from ``ds`` are left out. Returns a two-row layout: curves on top,
+    slopes in log step below."""
     if "step" not in ds.dims:
         raise ValueError(f"run_figure needs a Dataset over 'step'; got dims {tuple(ds.dims)}")
     names = [v for v in variables if v in ds]
@@ -200,7 +219,10 @@ def run_figure(
     if stages is not None and "run" not in stages.dims and "smooth" in stages:
         fits.setdefault(stages.attrs.get("variable", ""), stages)
     bands = {"llc_mean": "llc_std"} if bands is None else dict(bands)
-    shade = stage_overlay(stages) if stages is not None else hv.Overlay([])
+    if matched is not None:
+        shade = matched_overlay(matched)
+    else:
+        shade = stage_overlay(stages) if stages is not None else hv.Overlay([])
     top = [_curve_panel(ds, n, fits.get(n), bands.get(n) if bands.get(n) in ds else None) for n in names]
     bottom = [_slope_panel(ds, n, fits.get(n)) for n in names]
     panels = []

@@ -8,16 +8,18 @@ numbers. Only this module touches zarr; everything else reads through xarray.
 
 Metadata (group and array creation, attributes) is changed only by the driving process and is
 consolidated after each change, so ``xr.open_zarr(path, group=...)`` needs no devarray import.
+
+A store may live anywhere fsspec reaches (``devarray.location``): a path is a local directory, a
+URL (``s3://bucket/runs/lr-s0.zarr``) is opened with zarr's ``FsspecStore`` and the
+``storage_options`` given; layout and write order are the same.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import glob
 import hashlib
 import json
 import os
-import shutil
 import socket
 import time
 import warnings
@@ -33,6 +35,7 @@ from devarray import schemas
 
 from . import __version__
 from .errors import StoreError
+from .location import Location, glob_locations
 
 __all__ = ["SCHEMA_VERSION", "RunStore", "StoreError", "VarSpec", "open_run", "open_runs"]
 
@@ -105,26 +108,30 @@ def _quiet_zarr():
 class RunStore:
     """A run store on disk. Create with :meth:`create`, open with :meth:`open`."""
 
-    def __init__(self, path: str | os.PathLike, root: zarr.Group):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike | Location, root: zarr.Group):
+        self.location = Location.of(path)
+        self.path = self.location.path  # a Path on disk, the URL elsewhere (for messages and names)
         self.root = root
         self._arrays: dict[str, zarr.Array] = {}  # open array handles; metadata is immutable once made
         self._steps: dict[str, np.ndarray] = {}
+        self._consolidated: zarr.Group | None = None  # object storage: where array metadata is read
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def create(cls, path, config: dict, *, overwrite: bool = False) -> RunStore:
+    def create(cls, path, config: dict, *, overwrite: bool = False, storage_options: dict | None = None) -> RunStore:
         """A new, empty store whose root attributes hold ``config``.
 
         An existing store is replaced only with ``overwrite=True``."""
-        path = Path(path)
-        if path.exists():
+        loc = Location.of(path, storage_options)
+        path = loc.path
+        if loc.exists():
             if not overwrite:
                 raise StoreError(f"{path} already exists; pass --overwrite to replace it")
-            shutil.rmtree(path)
+            loc.remove(recursive=True)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            root = zarr.open_group(str(path), mode="w-", zarr_format=3)
+            if loc.is_local:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            root = zarr.open_group(loc.zarr_store(), mode="w-", zarr_format=3)
         except OSError as e:
             raise StoreError(f"cannot create {path}: {e.strerror or e}; choose a writable --out path") from None
         root.attrs.update(
@@ -138,19 +145,20 @@ class RunStore:
                 "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             }
         )
-        store = cls(path, root)
+        store = cls(loc, root)
         store.consolidate()
         return store
 
     @classmethod
-    def open(cls, path, mode: str = "r+", *, validate: bool = True) -> RunStore:
+    def open(cls, path, mode: str = "r+", *, validate: bool = True, storage_options: dict | None = None) -> RunStore:
         """Open an existing store and validate it against the schemas (pipeline workers skip
         that: their driver has validated the store, and it costs a read of every array's metadata)."""
-        path = Path(path)
-        if not (path / "zarr.json").exists():
+        loc = Location.of(path, storage_options)
+        path = loc.path
+        if not loc.exists("zarr.json"):
             raise StoreError(f"{path} is not a run store (no zarr.json); train one with `devarray train`")
         # live metadata, not the consolidated copy: another process may have added a group
-        root = zarr.open_group(str(path), mode=mode, zarr_format=3, use_consolidated=False)
+        root = zarr.open_group(loc.zarr_store(read_only=mode == "r"), mode=mode, zarr_format=3, use_consolidated=False)
         if "config" not in root.attrs:
             raise StoreError(f"{path} is a zarr store but not a devarray run store (no config attribute)")
         version = root.attrs.get("schema_version")
@@ -164,7 +172,7 @@ class RunStore:
                 f"{path} has schema version {version}, this devarray reads {SCHEMA_VERSION}; "
                 "retrain the run (add --overwrite) with this devarray"
             )
-        store = cls(path, root)
+        store = cls(loc, root)
         if validate:
             store.validate()
         return store
@@ -172,8 +180,9 @@ class RunStore:
     def consolidate(self) -> None:
         self._arrays.clear()
         self._steps.clear()
+        self._consolidated = None
         with _quiet_zarr():
-            zarr.consolidate_metadata(str(self.path))
+            zarr.consolidate_metadata(self.root.store)
 
     # ------------------------------------------------------------------ metadata
     @property
@@ -181,7 +190,13 @@ class RunStore:
         return self.root.attrs["config"]
 
     def has_group(self, name: str) -> bool:
-        return name in self.root.group_keys()
+        if not self.location.is_local:
+            # one request, where listing the root reads every child's metadata (a request each)
+            return "/" not in name and self.location.exists(f"{name}/zarr.json")
+        with warnings.catch_warnings():
+            # another process's atomic metadata write leaves a moment's `zarr.json.<id>.partial`
+            warnings.filterwarnings("ignore", message=".*partial is not recognized as a component", module="zarr")
+            return name in self.root.group_keys()
 
     def group(self, name: str) -> zarr.Group:
         if not self.has_group(name):
@@ -200,11 +215,30 @@ class RunStore:
     def array(self, group: str, name: str) -> zarr.Array:
         key = f"{group}/{name}"
         if key not in self._arrays:
-            g = self.group(group)
+            g = self._structure(group)
             if name not in g:
-                raise StoreError(f"{self.path} has no variable {key}")
+                g = self.group(group)  # not in the consolidated copy: the live hierarchy decides
+                if name not in g:
+                    raise StoreError(f"{self.path} has no variable {key}")
             self._arrays[key] = g[name]
         return self._arrays[key]
+
+    def _structure(self, group: str) -> zarr.Group:
+        """The group arrays are opened from: the live one on disk; on object storage the
+        consolidated copy, which holds every array's metadata in the root's one object (a request
+        per array otherwise). Array metadata never changes once made, and the driver consolidates
+        after every structural change; attributes (settings) are still read live by ``group``."""
+        if self.location.is_local:
+            return self.group(group)
+        if self._consolidated is None:
+            with _quiet_zarr():
+                self._consolidated = zarr.open_group(
+                    self.root.store, mode="r" if self.root.read_only else "r+", zarr_format=3, use_consolidated=True
+                )
+        try:
+            return self._consolidated[group]
+        except KeyError:
+            return self.group(group)
 
     def steps(self, group: str = "params") -> np.ndarray:
         """The checkpoint steps of a group (its ``step`` coordinate)."""
@@ -242,10 +276,10 @@ class RunStore:
                 raise StoreError(f"{self.path} already has group {name!r}; pass --overwrite to recompute it")
             self.clear_done(name)  # before the attrs change: no interleaving leaves old numbers marked done
             del self.root[name]
-        if (self.path / name).exists():  # a damaged group (no zarr.json): replaced only on overwrite
+        if self.location.exists(name):  # a damaged group (no zarr.json): replaced only on overwrite
             if not overwrite:
                 raise StoreError(f"group {name!r} of {self.path} is damaged; pass --overwrite to recompute it")
-            shutil.rmtree(self.path / name)
+            self.location.child(name).remove(recursive=True)
         g = self.root.create_group(
             name, attributes={"description": schema["description"], "schema": schema_name, **(attrs or {})}
         )
@@ -343,7 +377,7 @@ class RunStore:
         if name in schemas.SCHEMAS:
             ds.attrs["schema"] = name
         with _quiet_zarr():
-            ds.to_zarr(str(self.path), group=name, mode="w", zarr_format=3, consolidated=False)
+            ds.to_zarr(self.root.store, group=name, mode="w", zarr_format=3, consolidated=False)
         self.consolidate()
 
     # ------------------------------------------------------------------ writing data
@@ -392,31 +426,32 @@ class RunStore:
                     arr[self.index_of(group, int(s))] = False
 
     # ------------------------------------------------------------------ one writer per group
-    def _lock_path(self, group: str) -> Path:
+    def _lock(self, group: str) -> Location:
         # beside the store, not in it: zarr takes any file inside for a broken member of the hierarchy
-        return self.path.parent / f".{self.path.name}.{group}.lock"
+        return self.location.sibling(f".{self.location.name}.{group}.lock")
 
     def lock_holder(self, group: str) -> dict | None:
         """Who holds the write lock of ``group`` (host, pid, started), or None; a lock whose
         process is gone from this host is stale and removed."""
-        path = self._lock_path(group)
+        lock = self._lock(group)
         try:
-            holder = json.loads(path.read_text())
+            holder = json.loads(lock.read_text())
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
             return {"host": "?", "pid": -1, "started": "?"}
         if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", -1))):
-            path.unlink(missing_ok=True)
+            lock.remove()
             return None
         return holder
 
     @contextmanager
     def writing(self, group: str, *, wait: bool = False, poll: float = 0.5):
-        """Hold the advisory write lock of ``group`` (a lock file with host, pid and start time).
+        """Hold the advisory write lock of ``group``: a lock file (a lock object on object
+        storage, created by a conditional put) with host, pid and start time beside the store.
         A second writer stops at once with a message naming the holder, or waits with ``wait``.
         Readers never need it."""
-        path = self._lock_path(group)
+        lock = self._lock(group)
         me = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -424,7 +459,7 @@ class RunStore:
         }
         while True:
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                lock.create_exclusive(json.dumps(me))
                 break
             except FileExistsError:
                 holder = self.lock_holder(group)
@@ -434,20 +469,18 @@ class RunStore:
                     raise StoreError(
                         f"{group} of {self.path} is being written by pid {holder.get('pid')} on "
                         f"{holder.get('host')} since {holder.get('started')}; wait for it to finish "
-                        "(or pass --wait)"
+                        f"(or pass --wait; if that process is gone, delete {lock})"
                     ) from None
                 time.sleep(poll)
             except OSError as e:
                 raise StoreError(
-                    f"cannot write to {self.path}: {e.strerror}; check that the store is on a "
+                    f"cannot write to {self.path}: {e.strerror or e}; check that the store is on a "
                     "writable disk with free space"
                 ) from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
         try:
             yield
         finally:
-            path.unlink(missing_ok=True)
+            lock.remove()
 
     # ------------------------------------------------------------------ damage
     def damaged_groups(self) -> dict[str, str]:
@@ -455,7 +488,7 @@ class RunStore:
         disagrees with the consolidated copy in the root, with what is wrong."""
         out = {}
         try:
-            consolidated = json.loads((self.path / "zarr.json").read_text()).get("consolidated_metadata") or {}
+            consolidated = json.loads(self.location.read_text("zarr.json")).get("consolidated_metadata") or {}
         except (OSError, ValueError):
             consolidated = {}
         listed = {
@@ -463,22 +496,22 @@ class RunStore:
             for k, v in (consolidated.get("metadata") or {}).items()
             if "/" not in k and v.get("node_type") == "group"
         }
-        for entry in sorted(self.path.iterdir()) if self.path.is_dir() else []:
-            if not entry.is_dir():
+        for name, is_folder in self.location.listdir():
+            if not is_folder:
                 continue
-            meta = entry / "zarr.json"
-            if not meta.exists():
-                if any(entry.iterdir()):
-                    out[entry.name] = f"{entry.name}/zarr.json is missing"
+            entry = self.location.child(name)
+            if not entry.exists("zarr.json"):
+                if entry.listdir():
+                    out[name] = f"{name}/zarr.json is missing"
                 continue
-            if entry.name in listed:
+            if name in listed:
                 try:
-                    live = json.loads(meta.read_text()).get("attributes", {})
+                    live = json.loads(entry.read_text("zarr.json")).get("attributes", {})
                 except ValueError:
-                    out[entry.name] = f"{entry.name}/zarr.json is unreadable"
+                    out[name] = f"{name}/zarr.json is unreadable"
                     continue
-                if live != listed[entry.name].get("attributes", {}):
-                    out[entry.name] = f"{entry.name}/zarr.json disagrees with the consolidated metadata"
+                if live != listed[name].get("attributes", {}):
+                    out[name] = f"{name}/zarr.json disagrees with the consolidated metadata"
         return out
 
     def check_intact(self, group: str) -> None:
@@ -493,7 +526,7 @@ class RunStore:
     # ------------------------------------------------------------------ reading
     def dataset(self, group: str) -> xr.Dataset:
         self.group(group)  # clear error when missing
-        return xr.open_zarr(str(self.path), group=group, consolidated=False)
+        return xr.open_zarr(self.root.store, group=group, consolidated=False)
 
     def read_params(self, step: int) -> dict[str, np.ndarray]:
         """All parameter tensors of one checkpoint, as numpy arrays keyed by state_dict name."""
@@ -504,7 +537,7 @@ class RunStore:
 
     def variables(self, group: str) -> list[str]:
         """Names of the data variables of a group (not its coordinates), sorted."""
-        g = self.group(group)
+        g = self._structure(group)
         return sorted(k for k in g.array_keys() if tuple(g[k].metadata.dimension_names or ()) != (k,))
 
     def validate(self) -> None:
@@ -561,26 +594,46 @@ class RunStore:
 
 
 # ---------------------------------------------------------------------- public helpers
-def open_run(path) -> xr.DataTree:
+def open_run(path, storage_options: dict | None = None) -> xr.DataTree:
     """A whole run store as an ``xarray.DataTree`` (groups as children, config in root attrs)."""
-    RunStore.open(path, mode="r")
-    return xr.open_datatree(str(path), engine="zarr", consolidated=False)
+    store = RunStore.open(path, mode="r", storage_options=storage_options)
+    return xr.open_datatree(store.root.store, engine="zarr", consolidated=False)
 
 
-def open_runs(pattern: str, group: str) -> xr.Dataset:
-    """One group of every store matching ``pattern``, concatenated along a new ``run`` dim,
-    with ``seed``, ``setting`` and ``preset`` as coordinates along ``run``."""
-    paths = sorted(glob.glob(pattern))
-    if not paths:
-        raise StoreError(f"no run stores match {pattern!r}")
-    datasets, names, seeds, tasks, presets = [], [], [], [], []
-    for p in paths:
-        store = RunStore.open(p, mode="r")
+def open_runs(pattern, group: str, *, storage_options: dict | None = None, mixed: bool = False) -> xr.Dataset:
+    """One group of every store matching ``pattern`` (a glob, local or URL, or a list of paths
+    and URLs), concatenated along a new ``run`` dim, with ``seed``, ``setting`` and ``preset`` as
+    coordinates along ``run``.
+
+    Runs whose checkpoint schedules differ are outer-joined on ``step``: a step a run lacks
+    reads NaN there and its ``done`` flags are False, so ``done`` says which numbers are real.
+    Runs of different settings (``lr`` beside ``lm``), or whose ``group`` was computed with
+    different settings (its ``settings_id``), are refused unless ``mixed=True``."""
+    if isinstance(pattern, str | os.PathLike | Location):
+        wild = any(c in str(pattern) for c in "*?[")
+        locations = glob_locations(str(pattern), storage_options) if wild else [Location.of(pattern, storage_options)]
+    else:
+        locations = [Location.of(p, storage_options) for p in pattern]
+    if not locations:
+        raise StoreError(f"no run stores match {str(pattern)!r}")
+    datasets, names, seeds, tasks, presets, ids = [], [], [], [], [], []
+    for loc in locations:
+        store = RunStore.open(loc, mode="r")
         datasets.append(store.dataset(group))
-        names.append(Path(p).name.removesuffix(".zarr"))
+        names.append(loc.name.removesuffix(".zarr"))
         seeds.append(int(store.root.attrs.get("seed", -1)))
         tasks.append(str(store.root.attrs.get("setting", "")))
         presets.append(str(store.root.attrs.get("preset", "")))
+        ids.append(store.group(group).attrs.get("settings_id"))
+    if not mixed:
+        for what, values in (("settings", tasks), (f"{group} settings (settings_id)", ids)):
+            if len(set(map(str, values))) > 1:
+                first = values[0]
+                other = next(i for i, v in enumerate(values) if v != first)
+                raise StoreError(
+                    f"{names[0]} and {names[other]} differ in their {what} ({first} vs {values[other]}); "
+                    "stack runs made alike, or pass mixed=True to stack them anyway"
+                )
     ds = xr.concat(datasets, dim="run", join="outer", combine_attrs="drop_conflicts")
     for flag in [v for v in ds.data_vars if v == "done" or v.startswith("done_")]:
         # a step a run lacks is not done there: keep the flags boolean, never NaN-padded floats

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +26,7 @@ from . import observables as obs
 from . import store_observables
 from .checkpoints import load_state
 from .errors import StoreError, TrainingDiverged
+from .location import Location
 from .settings import RunConfig, get, setting_for
 from .store import RunStore, VarSpec
 
@@ -48,7 +48,7 @@ def prepare_store(path, config: RunConfig, *, overwrite: bool = False) -> tuple[
     ``overwrite``."""
     cfg = config.to_dict()
     setting = setting_for(cfg)
-    if Path(path).exists() and not overwrite:
+    if Location.of(path).exists() and not overwrite:
         store = RunStore.open(path)
         if store.config != cfg:
             diff = sorted(k for k in set(cfg) | set(store.config) if cfg.get(k) != store.config.get(k))

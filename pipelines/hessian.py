@@ -17,7 +17,17 @@ from devarray.settings import setting_for
 from devarray.slt.hessian import hessian_stats
 from devarray.store import RunStore
 
-from .runner import done, map_checkpoints, pending_steps, prepare_group, selected_steps, write_checkpoint
+from .runner import (
+    Job,
+    Request,
+    done,
+    pending_steps,
+    prepare_group,
+    raise_first,
+    run_requests,
+    selected_steps,
+    write_checkpoint,
+)
 
 GROUP = "hessian"
 
@@ -43,7 +53,7 @@ def _hessian(
     return {"step": step, "trace": float(ds.trace), "top": float(ds.top_eigenvalues[0])}
 
 
-def run(
+def request(
     path,
     *,
     batch_size: int = 1024,
@@ -53,15 +63,10 @@ def run(
     seed: int = 0,
     steps=None,
     overwrite: bool = False,
-    workers: int = 0,
-    scheduler: str | None = None,
-    threads: int | None = None,
-    progress: bool = True,
-    wait: bool = False,
     redo: bool = False,
-) -> list[dict]:
-    """Hessian statistics at every written checkpoint (or at ``steps``) not yet done; ``redo``
-    recomputes ``steps`` even if done (with the settings the group already holds)."""
+) -> Request:
+    """The Hessian statistics of one store, checked (nothing written yet), to plan under its lock;
+    ``redo`` recomputes ``steps`` even if done (with the settings the group already holds)."""
     store = RunStore.open(path)
     for name, value, least in (
         ("batch_size", batch_size, 1),
@@ -81,29 +86,16 @@ def run(
         "batch": "the setting's fixed Hessian batch (stream 'hessian')",
         "loss": setting_for(store.config).loss_description,
     }
-    with store.writing(GROUP, wait=wait):
-        sid = prepare_group(
-            store,
-            GROUP,
-            {"step": store.steps("params"), "eig": np.arange(top_k)},
-            attrs,
-            "Hessian statistics",
-            overwrite=overwrite,
-        )
+
+    def plan() -> list[Job]:
+        coords = {"step": store.steps("params"), "eig": np.arange(top_k)}
+        sid = prepare_group(store, GROUP, coords, attrs, "Hessian statistics", overwrite=overwrite)
         if redo:  # these steps only, done or not (what is damaged may include the done flags)
             pending = selected_steps(store, steps)
             store.clear_done(GROUP, pending)
         else:
             pending = pending_steps(store, GROUP, steps)
-        return map_checkpoints(
-            _hessian,
-            path,
-            pending,
-            workers=workers,
-            scheduler=scheduler,
-            threads=threads,
-            progress=progress,
-            desc="hessian",
+        kwargs = dict(
             batch_size=batch_size,
             num_probes=num_probes,
             top_k=top_k,
@@ -111,6 +103,27 @@ def run(
             seed=seed,
             settings_id=sid,
         )
+        return [Job(_hessian, store.location, pending.tolist(), kwargs)]
+
+    return Request(store, GROUP, plan)
+
+
+def run(
+    path,
+    *,
+    workers: int = 0,
+    scheduler: str | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+    wait: bool = False,
+    **options,
+) -> list[dict]:
+    """Hessian statistics at every written checkpoint (or at ``steps``) not yet done; ``options``
+    are :func:`request`'s."""
+    compute = dict(workers=workers, scheduler=scheduler, threads=threads, progress=progress, desc="hessian")
+    outcomes = run_requests([request(path, **options)], wait=wait, **compute)
+    raise_first(outcomes)
+    return outcomes[0].results
 
 
 SETTINGS = ("batch_size", "num_probes", "top_k", "num_lanczos", "seed")

@@ -29,7 +29,17 @@ from devarray.slt import SGLDSettings, estimate_llc
 from devarray.slt.sgld import choose_method
 from devarray.store import RunStore, VarSpec
 
-from .runner import done, map_checkpoints, pending_steps, prepare_group, selected_steps, write_checkpoint
+from .runner import (
+    Job,
+    Request,
+    done,
+    pending_steps,
+    prepare_group,
+    raise_first,
+    run_requests,
+    selected_steps,
+    write_checkpoint,
+)
 
 GROUP = "llc"
 
@@ -164,7 +174,7 @@ def prepare(store: RunStore, attrs: dict, num_chains: int, num_draws: int, *, ov
     )
 
 
-def run(
+def request(
     path,
     settings: SGLDSettings,
     *,
@@ -175,27 +185,17 @@ def run(
     method: str = "auto",
     compile: bool = False,
     overwrite: bool = False,
-    workers: int = 0,
-    scheduler: str | None = None,
-    threads: int | None = None,
-    progress: bool = True,
-    wait: bool = False,
     restrictions: list[str] | None = None,
     data: list[str] | None = None,
     redo: bool = False,
-) -> list[dict]:
-    """Estimate the LLC at every done checkpoint (or at ``steps``) not yet done; returns one
-    summary dict per checkpoint computed now. ``redo`` recomputes ``steps`` even if done (the
-    group must hold these settings already; see :mod:`devarray.pipelines.redo`).
+) -> Request:
+    """The LLC of one store, checked (nothing written yet) and ready to plan under its lock.
 
     ``restrictions`` (the setting's vocabulary; groups such as "heads" expand) and ``data`` (names
     of :meth:`devarray.settings.Setting.sgld_data`) make refined LLCs: one estimate per
     restriction and dataset, along the group's ``restriction`` and ``data`` dims; all restrictions
-    of a checkpoint run together as one stack of chains.
-
-    ``compile=True`` runs the gradient under ``torch.compile`` (with the explicit attention, which
-    it fuses itself) for about 10–20 s of compiling per checkpoint; it paid off for long chains at
-    small batches (benchmarks/llc_throughput.py --compile); numbers agree within rounding."""
+    of a checkpoint run together as one stack of chains. ``redo`` recomputes ``steps`` even if done
+    (the group must hold these settings already; see :mod:`devarray.pipelines.redo`)."""
     store = RunStore.open(path)
     if dataset_size < settings.batch_size:
         raise StoreError(
@@ -210,22 +210,15 @@ def run(
     if data is not None:
         data = setting.check_data(store.config, data)
     attrs = sampler_attrs(store, settings, seed, dataset_size, init_loss_rows, method, compile, restrictions, data)
-    with store.writing(GROUP, wait=wait):
+
+    def plan() -> list[Job]:
         sid = prepare(store, attrs, settings.num_chains, settings.num_draws, overwrite=overwrite)
         if redo:  # these steps only, done or not (what is damaged may include the done flags)
             pending = selected_steps(store, steps)
             store.clear_done(GROUP, pending)
         else:
             pending = pending_steps(store, GROUP, steps)
-        return map_checkpoints(
-            _estimate,
-            path,
-            pending,
-            workers=workers,
-            scheduler=scheduler,
-            threads=threads,
-            progress=progress,
-            desc="llc",
+        kwargs = dict(
             settings=asdict(settings),
             seed=seed,
             dataset_size=dataset_size,
@@ -236,6 +229,32 @@ def run(
             restrictions=restrictions,
             data=data,
         )
+        return [Job(_estimate, store.location, pending.tolist(), kwargs)]
+
+    return Request(store, GROUP, plan)
+
+
+def run(
+    path,
+    settings: SGLDSettings,
+    *,
+    workers: int = 0,
+    scheduler: str | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+    wait: bool = False,
+    **options,
+) -> list[dict]:
+    """Estimate the LLC at every done checkpoint (or at ``steps``) not yet done; returns one
+    summary dict per checkpoint computed now. ``options`` are :func:`request`'s.
+
+    ``compile=True`` runs the gradient under ``torch.compile`` (with the explicit attention, which
+    it fuses itself) for about 10–20 s of compiling per checkpoint; it paid off for long chains at
+    small batches (benchmarks/llc_throughput.py --compile); numbers agree within rounding."""
+    compute = dict(workers=workers, scheduler=scheduler, threads=threads, progress=progress, desc="llc")
+    outcomes = run_requests([request(path, settings, **options)], wait=wait, **compute)
+    raise_first(outcomes)
+    return outcomes[0].results
 
 
 def settings_from_attrs(attrs: dict) -> dict:

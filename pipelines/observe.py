@@ -20,7 +20,7 @@ from devarray.errors import StoreError
 from devarray.settings import setting_for
 from devarray.store import RunStore
 
-from .runner import map_checkpoints, selected_steps
+from .runner import Job, Request, raise_first, run_requests, selected_steps
 
 
 def import_modules(modules: list[str]) -> None:
@@ -49,7 +49,7 @@ def _observe(path: str, step: int, *, names: list[str], probe_seed: int, modules
     return {"step": step, "names": names}
 
 
-def run(
+def request(
     path,
     names: list[str] | None = None,
     *,
@@ -57,16 +57,10 @@ def run(
     modules: list[str] = (),
     steps=None,
     overwrite: bool = False,
-    workers: int = 0,
-    scheduler: str | None = None,
-    threads: int | None = None,
-    progress: bool = True,
-    wait: bool = False,
     redo: bool = False,
-) -> list[dict]:
-    """Compute ``names`` (default: every observable registered for the run's setting) where not
-    yet done, at every written checkpoint or at ``steps``; ``redo`` recomputes them at ``steps``
-    even where done (they must be allocated already, with the same probe)."""
+) -> Request:
+    """The observables ``names`` of one store, checked (nothing written yet), to plan under its lock;
+    ``redo`` recomputes them at ``steps`` even where done (allocated already, with the same probe)."""
     modules = list(modules)
     import_modules(modules)
     store = RunStore.open(path)
@@ -81,23 +75,33 @@ def run(
             argument="names",
         )
     wanted = selected_steps(store, steps)
-    with store.writing(storage.GROUP, wait=wait):
+    probe = setting.probe(store.config, probe_seed)
+
+    def plan() -> list[Job]:
         if redo:
             store.clear_done(storage.GROUP, wanted, flags=[storage.done_flag(n) for n in names])
-        return _run(
-            store,
-            path,
-            names,
-            wanted,
-            setting.probe(store.config, probe_seed),
-            probe_seed=probe_seed,
-            modules=modules,
-            overwrite=overwrite,
-            workers=workers,
-            scheduler=scheduler,
-            threads=threads,
-            progress=progress,
-        )
+        return _plan(store, names, wanted, probe, probe_seed=probe_seed, modules=modules, overwrite=overwrite)
+
+    return Request(store, storage.GROUP, plan)
+
+
+def run(
+    path,
+    names: list[str] | None = None,
+    *,
+    workers: int = 0,
+    scheduler: str | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+    wait: bool = False,
+    **options,
+) -> list[dict]:
+    """Compute ``names`` (default: every observable registered for the run's setting) where not
+    yet done, at every written checkpoint or at ``steps``; ``options`` are :func:`request`'s."""
+    compute = dict(workers=workers, scheduler=scheduler, threads=threads, progress=progress, desc="observe")
+    outcomes = run_requests([request(path, names, **options)], wait=wait, **compute)
+    raise_first(outcomes)
+    return [r for out in outcomes for r in out.results]
 
 
 def settings_from_store(store: RunStore) -> dict:
@@ -113,9 +117,7 @@ def settings_from_store(store: RunStore) -> dict:
     return {"names": names, "probe_seed": int(seeds.pop()) if seeds else 0}
 
 
-def _run(
-    store, path, names, wanted, probe, *, probe_seed, modules, overwrite, workers, scheduler, threads, progress
-) -> list[dict]:
+def _plan(store, names, wanted, probe, *, probe_seed, modules, overwrite) -> list[Job]:
     fresh = [n for n in names if overwrite or not storage.allocated(store, n)]
     for n in names:
         if n not in fresh:
@@ -130,19 +132,7 @@ def _run(
         need = tuple(n for n in names if s not in done[n])
         if need:
             todo.setdefault(need, []).append(int(s))
-    results = []
-    for need, group_steps in todo.items():
-        results += map_checkpoints(
-            _observe,
-            path,
-            group_steps,
-            workers=workers,
-            scheduler=scheduler,
-            threads=threads,
-            progress=progress,
-            desc="observe",
-            names=list(need),
-            probe_seed=probe_seed,
-            modules=modules,
-        )
-    return results
+    return [
+        Job(_observe, store.location, group_steps, dict(names=list(need), probe_seed=probe_seed, modules=modules))
+        for need, group_steps in todo.items()
+    ]

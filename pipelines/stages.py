@@ -140,3 +140,20 @@ def report(path) -> str | None:
     """The setting's own reading of the stages (e.g. whether the first boundary is the paper's LR1 → LR2)."""
     store = RunStore.open(path, mode="r")
     return setting_for(store.config).stage_report(store.dataset(GROUP).load(), done(store.dataset("eval")).load())
+
+
+def stages_task(path, *, variable: str = "llc/llc_mean", noise: str = "learned", **options) -> dict:
+    """One store's stages as a cluster task (:class:`devarray.pipelines.runner.Job` with no steps):
+    a GP fit per run, so several runs' fits run side by side."""
+    ds = run(path, variable, noise=noise, **options)
+    return {"path": str(path), "boundaries": ds.boundary_step.values.tolist(), "stages": int(ds.stage.max())}
+
+
+def is_current(store: RunStore, variable: str = "llc/llc_mean") -> bool:
+    """Whether the stored stages were made from every done checkpoint of their source now
+    (a rerun of a finished sweep then leaves them alone)."""
+    if not store.has_group(GROUP):
+        return False
+    group, name = variable.split("/", 1) if "/" in variable else ("llc", variable)
+    attrs = store.group(GROUP).attrs
+    return attrs.get("source") == f"{group}/{name}" and attrs.get("source_checkpoints") == len(store.done_steps(group))

@@ -125,6 +125,7 @@ BASE_ARGV = {
     "info": ["info", "{S}"],
     "verify": ["verify", "{S}"],
     "redo": ["redo", "{S}", "llc", "--steps", "0"],
+    "sweep": ["sweep", "lr", "--preset", "tiny", "--seeds", "0", "--out-dir", "{T}/sweep"],
 }
 
 
