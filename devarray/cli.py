@@ -140,6 +140,8 @@ def _cmd_stages(args) -> None:
         options["wrt"] = args.wrt
     # one GP fit per store, side by side on a cluster (--workers); --across keeps current divisions
     todo = [p for p in stores if not (args.across and stages.is_current(RunStore.open(p, mode="r"), args.variable))]
+    for p in todo:  # every store's mistakes before any work starts
+        stages.staged_curve(RunStore.open(p, mode="r"), args.variable, args.noise)
     jobs = [Job(stages.stages_task, p, None, dict(variable=args.variable, noise=args.noise, **options)) for p in todo]
     raise_first(run_jobs(jobs, **_compute(args, "stages")))
     if args.across:

@@ -50,16 +50,10 @@ def _unrefined(source: xr.Dataset) -> xr.Dataset:
     return source
 
 
-def compute(store: RunStore, variable: str = "llc/llc_mean", *, noise: str = "learned", **options) -> xr.Dataset:
-    """The stages Dataset of one run (nothing written).
-
-    ``noise="learned"`` (default) lets the GP learn one noise level from the curve; ``"chains"``
-    passes each checkpoint's chain standard error (:func:`standard_error`) as fixed noise. The
-    default is learned because every checkpoint's chains use the same seeds (A.4.2): the chain
-    spread is mostly an error shared by neighbouring checkpoints, which moves the curve's level but
-    not its shape, so as independent noise it overstates what the slope must beat (on the demo's
-    curve it hides LR1's stall: the chains' ~2.5 LLC units against checkpoint-to-checkpoint
-    jitter of ~0.2)."""
+def staged_curve(store: RunStore, variable: str = "llc/llc_mean", noise: str = "learned"):
+    """(group, name, done source dataset, finite curve, left-out steps) of the curve to divide;
+    every user mistake (no such group or variable, too few usable checkpoints) is raised here, so
+    a command can check all its stores before it starts any work."""
     if noise not in NOISE:
         raise StoreError(f"noise must be one of {', '.join(NOISE)}, got {noise!r}", argument="noise")
     group, name = variable.split("/", 1) if "/" in variable else ("llc", variable)
@@ -83,6 +77,20 @@ def compute(store: RunStore, variable: str = "llc/llc_mean", *, noise: str = "le
         raise StoreError(
             f"{store.path}: {curve.sizes['step']} usable checkpoints are too few for a stage division (need 5){note}"
         )
+    return group, name, source, curve, left_out
+
+
+def compute(store: RunStore, variable: str = "llc/llc_mean", *, noise: str = "learned", **options) -> xr.Dataset:
+    """The stages Dataset of one run (nothing written).
+
+    ``noise="learned"`` (default) lets the GP learn one noise level from the curve; ``"chains"``
+    passes each checkpoint's chain standard error (:func:`standard_error`) as fixed noise. The
+    default is learned because every checkpoint's chains use the same seeds (A.4.2): the chain
+    spread is mostly an error shared by neighbouring checkpoints, which moves the curve's level but
+    not its shape, so as independent noise it overstates what the slope must beat (on the demo's
+    curve it hides LR1's stall: the chains' ~2.5 LLC units against checkpoint-to-checkpoint
+    jitter of ~0.2)."""
+    group, name, source, curve, left_out = staged_curve(store, variable, noise)
     main = find_stages(curve, noise=standard_error(source, name) if noise == "chains" else None, **options)
     ev = done(store.dataset("eval")).load()
     fits = [_curve(main, name)] + [_curve(find_stages(ev[e], **options), e) for e in EXTRA_CURVES if e != name]
