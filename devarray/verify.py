@@ -14,7 +14,6 @@ fill value.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,12 +71,6 @@ def _index_blocks(arr: zarr.Array, index_dim: str | None):
         yield (slice(start, start + c),), (start, min(start + c, arr.shape[0]))
 
 
-def _chunks_in(arr: zarr.Array, sel) -> int:
-    shape = [(s.stop or n) - (s.start or 0) if isinstance(s, slice) else 1 for s, n in zip(sel, arr.shape)]
-    shape += list(arr.shape[len(sel) :])
-    return math.prod(math.ceil(max(n, 1) / c) for n, c in zip(shape, arr.chunks)) if arr.shape else 1
-
-
 def _finite_rule(schema: dict | None, name: str, arr: zarr.Array) -> tuple[bool, str | None]:
     """(must be finite at done steps, flag that excuses it) from the variable's schema."""
     if schema is None:
@@ -111,8 +104,8 @@ def verify_group(store: RunStore, name: str) -> GroupReport:
     decoded: dict[str, np.ndarray | None] = {}  # None: a chunk of it did not decode (reported)
     for vname, arr in arrays.items():
         blocks, bad_steps, error = [], [], None
+        chunks += arr.nchunks  # every chunk of it is read below
         for sel, span in _index_blocks(arr, index):
-            chunks += _chunks_in(arr, sel)
             try:
                 blocks.append(np.asarray(arr[sel]))
             except Exception as e:  # any codec failure: what we are here to report

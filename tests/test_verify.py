@@ -65,6 +65,10 @@ def test_an_intact_store_verifies_clean(analysed, capsys):
     assert set(rows) >= {"params", "eval", "llc", "hessian", "observables", "train"}
     assert all(r[-1] == "ok" for r in rows.values())
     assert rows["llc"][1:3] == ["18", "18"] and rows["hessian"][1:3] == ["18", "4"]  # checkpoints, done
+    # every chunk is read: the llc group's arrays over step have one chunk per checkpoint, coords one
+    g = zarr.open_group(str(analysed / "llc"), mode="r")
+    over_step = [k for k in g.array_keys() if g[k].metadata.dimension_names[0] == "step" and k != "step"]
+    assert int(rows["llc"][3]) == 18 * len(over_step) + (len(list(g.array_keys())) - len(over_step))
 
 
 def test_a_corrupt_chunk_is_named_by_store_group_variable_and_step(store, capsys):
