@@ -245,6 +245,22 @@ def test_each_switch_redraws_each_view_at_most_once(explorer, runs, monkeypatch)
         assert calls == dict.fromkeys(expected, 1), calls
 
 
+def test_a_new_step_redraws_the_checkpoint_plots_in_place(explorer):
+    """Same heads, parameters and chains: a step changes the drawn Bokeh sources and titles,
+    it builds no new figures (building them was most of a step's cost)."""
+    from bokeh.models import ColumnDataSource, Plot
+
+    root = pn.panel(explorer.sgld_view).get_root()
+    figures = [m for m in root.references() if isinstance(m, Plot)]
+    step = next(s for s in explorer.param.step.objects if s != explorer.step)
+    explorer.step = step
+    assert [m for m in root.references() if isinstance(m, Plot)] == figures
+    assert figures[0].title.text.startswith(f"Online LLC estimate of each SGLD chain at step {step} ")
+    trace = xr.open_zarr(explorer.lead, group="llc").llc_trace.sel(step=step).values
+    drawn = [m.data["llc"] for m in root.references() if isinstance(m, ColumnDataSource) and "llc" in m.data]
+    assert sorted(np.asarray(d)[-1] for d in drawn) == pytest.approx(sorted(trace[:, -1]))
+
+
 def test_checkpoint_view_snaps_to_stored_checkpoints(explorer):
     steps = RunStore.open(explorer.lead, mode="r").done_steps("params").tolist()
     assert explorer.param.step.objects == steps and explorer.step == steps[-1]
@@ -255,7 +271,7 @@ def test_checkpoint_view_snaps_to_stored_checkpoints(explorer):
     assert a.dims == ("layer", "head", "query_pos", "key_pos")
     layout = explorer.attention_view()[1].object
     assert len(layout) == a.sizes["layer"] * a.sizes["head"]  # one heatmap per head
-    assert all(isinstance(el, hv.Image) for el in layout)
+    assert all(isinstance(el[()], hv.Image) for el in layout)  # DynamicMaps: drawn in place at each step
     assert set(explorer.ln_data()) == {v for v in xr.open_zarr(explorer.lead, group="params").data_vars if "ln" in v}
 
 
@@ -267,7 +283,7 @@ def test_chain_diagnostics_read_one_checkpoint_slab(explorer):
     assert table["diverged"].tolist() == [False, True, False]
     assert {"not_converged", "escaped", "llc_ess", "split R-hat"} <= set(table.columns)
     assert np.isclose(summary["llc_mean"], float(llc.llc_mean.sel(step=explorer.step)))
-    labels = [c.label for c in explorer.sgld_view()[0].object]
+    labels = [c.label for c in explorer.sgld_view()[0].object[()]]
     assert "chain 1 (diverged)" in labels
 
 
@@ -362,7 +378,7 @@ def test_a_language_run_is_served_through_the_setting_seam(lm_run):
     assert a.query_pos.dtype.kind in "UO" and a.sizes["layer"] == store.config["model"]["n_layers"]
     layout = ex.attention_view()[1].object
     assert len(layout) == a.sizes["layer"] * a.sizes["head"]
-    ticks = dict(layout[0].opts.get().kwargs["yticks"])
+    ticks = dict(layout[0][()].opts.get().kwargs["yticks"])
     assert list(ticks.values()) == [str(v) for v in a.query_pos.values] and ticks[0].endswith("<bos>")
     assert "eval/test_loss" in ex.param.variable.objects.values()
 
