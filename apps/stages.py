@@ -208,6 +208,25 @@ def _labels(ds: xr.Dataset, dim: str) -> list:
     return ds[dim].values.tolist() if dim in ds.variables else list(range(ds.sizes[dim]))
 
 
+class Frame:
+    """One checkpoint view's data at the shown step, and how its drawn panes show new data.
+
+    ``key`` is the data's layout (heads and tokens, parameter names, chain labels): while it stays
+    the same, new data goes to the drawn plots through ``pipe`` (HoloViews DynamicMaps update their
+    Bokeh sources in place) and to ``show`` (texts, tables), instead of new plots being built."""
+
+    def __init__(self, key, data):
+        self.key, self.data = key, data
+        self.pipe = hv.streams.Pipe(data=data)
+        self.show: list = []  # callables of the data, set by the view that draws it
+
+    def send(self, data) -> None:
+        self.data = data
+        self.pipe.send(data)
+        for show in self.show:
+            show(data)
+
+
 # ---------------------------------------------------------------------------------- the state
 class StagesExplorer(pn.viewable.Viewer):
     """The app's state. ``runs[0]`` is the *lead* run: its stages shade the plots, its variables
@@ -231,15 +250,22 @@ class StagesExplorer(pn.viewable.Viewer):
         default=0, doc="Bumped with the lead run's variable and step in one update: its views redraw once."
     )
     message = param.String(default="", doc="Last refresh's note.")
+    # bumped when a checkpoint view needs a new layout (another lead's heads, parameters or
+    # chains, or an error to show); a step with the same layout updates its plots in place
+    attention_layout = param.Integer(default=0, precedence=-1)
+    ln_layout = param.Integer(default=0, precedence=-1)
+    sgld_layout = param.Integer(default=0, precedence=-1)
 
     def __init__(self, patterns: list[str] | None = None, **params):
         super().__init__(**params)
         self.patterns = list(patterns) if patterns else [STORES]
         self.tokens: dict[str, tuple] = {}
+        self.frames: dict[str, Frame] = {}
         self._scan()
         if not self.runs:
             self.runs = self.paths[:1]
         self.param.watch(self._lead_changed, "runs")
+        self.param.watch(self._checkpoint_changed, ["step", "lead_revision"])
         self._lead_changed()
 
     # ----------------------------------------------------------------- runs and refresh
@@ -733,54 +759,54 @@ class StagesExplorer(pn.viewable.Viewer):
         """Every head's attention on the setting's probe context at the shown checkpoint."""
         return _attention(self.lead, self._lead_step(), self.tokens[self.lead])
 
-    @param.depends("step", "lead_revision")
-    @guarded("Attention")
-    def attention_view(self) -> pn.viewable.Viewable:
-        a = self.attention_data()
-        q = [str(v) for v in a.query_pos.values]
-        k = [str(v) for v in a.key_pos.values]
-        # repeated tokens (language contexts) would share an axis tick: number them
-        q = q if len(set(q)) == len(q) else [f"{i}:{t}" for i, t in enumerate(q)]
-        k = k if len(set(k)) == len(k) else [f"{i}:{t}" for i, t in enumerate(k)]
-        value = _dim(a, "weight")
-        heads = []
-        for layer in a["layer"].values:
-            for head in a["head"].values:  # a.head is DataArray.head()
-                z = a.sel(layer=layer, head=head).values
-                img = hv.Image((np.arange(len(k)), np.arange(len(q)), z), ["key", "query"], value)
-                heads.append(
-                    img.opts(
-                        title=f"layer {layer} · head {head}",
-                        cmap="viridis",
-                        clim=(0, 1),
-                        xticks=list(enumerate(k)),
-                        yticks=list(enumerate(q)),
-                        invert_yaxis=True,
-                        xlabel="key token",
-                        ylabel="query token",
-                        xrotation=90,
-                        tools=["hover"],
-                        frame_width=190,
-                        frame_height=190,
-                        colorbar=False,
-                        fontsize={"ticks": 7},
-                    )
-                )
-        layout = hv.Layout(heads).cols(a.sizes["head"]).opts(shared_axes=False)
+    def _checkpoint_changed(self, *_) -> None:
+        """A new step or lead: each checkpoint view's data is read once; a view whose layout
+        fits the new data updates its plots in place, the others are rebuilt."""
+        for name, read in (("attention", self.attention_data), ("ln", self.ln_data), ("sgld", self.chain_data)):
+            try:
+                data = (self.step, read())
+                key = LAYOUTS[name](data[1])
+            except Exception as e:  # noqa: BLE001 - the view shows it in its place
+                data, key = e, None
+            frame = self.frames.get(name)
+            if frame is not None and key is not None and frame.key == key:
+                frame.send(data)
+            else:
+                self.frames[name] = Frame(key, data)
+                self.param.update({f"{name}_layout": getattr(self, f"{name}_layout") + 1})
+
+    def _frame(self, name: str) -> Frame:
+        frame = self.frames[name]
+        if isinstance(frame.data, Exception):
+            raise frame.data
+        return frame
+
+    def _attention_note(self, step: int) -> str:
         try:
             from devarray.settings import setting_for
 
             title = setting_for(self.info(self.lead)["config"]).title
         except Exception:  # noqa: BLE001
             title = "its setting"
-        return pn.Column(
-            pn.pane.Markdown(
-                f"**Attention at step {self.step}** on the probe context of {title} "
-                "(rows: query token, columns: key token; 0 = dark, 1 = bright)."
-            ),
-            pn.pane.HoloViews(layout),
-            sizing_mode="stretch_width",
+        return (
+            f"**Attention at step {step}** on the probe context of {title} "
+            "(rows: query token, columns: key token; 0 = dark, 1 = bright)."
         )
+
+    @param.depends("attention_layout")
+    @guarded("Attention")
+    def attention_view(self) -> pn.viewable.Viewable:
+        frame = self._frame("attention")
+        a = frame.data[1]
+        heads = [
+            hv.DynamicMap(functools.partial(_head_image, layer=layer, head=head), streams=[frame.pipe])
+            for layer in a["layer"].values
+            for head in a["head"].values  # a.head is DataArray.head()
+        ]
+        note = pn.pane.Markdown(self._attention_note(frame.data[0]))
+        frame.show = [lambda data: setattr(note, "object", self._attention_note(data[0]))]
+        layout = hv.Layout(heads).cols(a.sizes["head"]).opts(shared_axes=False)
+        return pn.Column(note, pn.pane.HoloViews(layout), sizing_mode="stretch_width")
 
     def ln_data(self) -> dict[str, xr.DataArray]:
         """The layer-norm parameters (params variables whose name contains 'ln') at the shown step."""
@@ -791,38 +817,14 @@ class StagesExplorer(pn.viewable.Viewer):
             raise MissingData(f"{run_name(self.lead)}'s model has no layer-norm parameters ('ln' in the name)")
         return {v: ds[v].sel(step=step).load() for v in sorted(names)}
 
-    @param.depends("step", "lead_revision")
+    @param.depends("ln_layout")
     @guarded("Layer norms")
     def ln_view(self) -> pn.viewable.Viewable:
-        data = self.ln_data()
-        panels = []
-        for kind in ("weight", "bias"):
-            curves = []
-            for name, da in data.items():
-                if (kind == "weight") != (not str(name).endswith("bias")):
-                    continue
-                values = da.values.ravel()
-                curves.append(
-                    hv.Curve(
-                        (np.arange(len(values)), values),
-                        hv.Dimension("i", label="feature index"),
-                        hv.Dimension(kind, label=f"layer-norm {kind}"),
-                        label=str(name),
-                    )
-                )
-            if curves:
-                plural = {"weight": "weights", "bias": "biases"}[kind]
-                panels.append(
-                    hv.Overlay(curves).opts(
-                        title=f"Layer-norm {plural} at step {self.step}",
-                        responsive=True,
-                        height=260,
-                        show_grid=True,
-                        legend_position="right",
-                    )
-                )
+        frame = self._frame("ln")
+        kinds = [k for k in ("weight", "bias") if k in {_ln_kind(n) for n in frame.data[1]}]
+        plots = [hv.DynamicMap(functools.partial(_ln_overlay, kind=k), streams=[frame.pipe]) for k in kinds]
         return pn.Column(
-            *[pn.pane.HoloViews(p, sizing_mode="stretch_width") for p in panels], sizing_mode="stretch_width"
+            *[pn.pane.HoloViews(p, sizing_mode="stretch_width") for p in plots], sizing_mode="stretch_width"
         )
 
     def chain_data(self) -> tuple[xr.DataArray, pd.DataFrame, dict]:
@@ -858,46 +860,26 @@ class StagesExplorer(pn.viewable.Viewer):
             pass  # llc_ess is stored per chain; R-hat needs arviz
         return trace, table, summary
 
-    @param.depends("step", "lead_revision")
+    @param.depends("sgld_layout")
     @guarded("SGLD chains")
     def sgld_view(self) -> pn.viewable.Viewable:
-        trace, table, summary = self.chain_data()
-        curves = []
-        for c in trace.chain.values:
-            flags = [f for f in ("diverged", "not_converged", "escaped") if f in table and bool(table.loc[c, f])]
-            label = f"chain {c}" + (f" ({', '.join(f.replace('_', ' ') for f in flags)})" if flags else "")
-            curves.append(
-                hv.Curve(
-                    (trace.draw.values, trace.sel(chain=c).values),
-                    _dim(trace.draw, "draw"),
-                    _dim(trace, "llc"),
-                    label=label,
-                ).opts(line_dash="dashed" if flags else "solid")
-            )
-        plot = hv.Overlay(curves).opts(
-            title=f"Online LLC estimate of each SGLD chain at step {self.step} (figure A.5; dashed: flagged chains)",
-            responsive=True,
-            height=300,
-            show_grid=True,
-            legend_position="right",
-            tools=["hover"],
-        )
-        rhat = f", R-hat over kept chains {summary['rhat']:.3f}" if "rhat" in summary else ""
-        return pn.Column(
-            pn.pane.HoloViews(plot, sizing_mode="stretch_width"),
-            pn.pane.Markdown(
-                f"LLC {summary['llc_mean']:.3f} ± {summary['llc_std']:.3f} over non-diverged chains"
-                f"{rhat}. Per chain: the stored flags and effective draws (`llc_ess`), and split R-hat "
-                "(near 1: the chain's two halves agree) of its SGLD losses."
-            ),
-            pn.widgets.Tabulator(
-                table.reset_index(),
-                disabled=True,
-                show_index=False,
-                sizing_mode="stretch_width",
-                formatters={c: {"type": "money", "precision": 3} for c in table.columns if table[c].dtype.kind == "f"},
-            ),
+        frame = self._frame("sgld")
+        _, table, _ = frame.data[1]
+        summary = pn.pane.Markdown(_chain_summary(frame.data[1]))
+        widget = pn.widgets.Tabulator(
+            table.reset_index(),
+            disabled=True,
+            show_index=False,
             sizing_mode="stretch_width",
+            formatters={c: {"type": "money", "precision": 3} for c in table.columns if table[c].dtype.kind == "f"},
+        )
+        frame.show = [
+            lambda data: setattr(summary, "object", _chain_summary(data[1])),
+            lambda data: setattr(widget, "value", data[1][1].reset_index()),
+        ]
+        plot = hv.DynamicMap(_chain_overlay, streams=[frame.pipe])
+        return pn.Column(
+            pn.pane.HoloViews(plot, sizing_mode="stretch_width"), summary, widget, sizing_mode="stretch_width"
         )
 
     # ----------------------------------------------------------------- layout
@@ -988,6 +970,120 @@ class StagesExplorer(pn.viewable.Viewer):
             return True
         except Exception:  # noqa: BLE001
             return False
+
+
+# ---------------------------------------------------------------------------------- checkpoint plots
+# Callbacks of the checkpoint views' DynamicMaps: each draws one plot from a Frame's data,
+# ``(step, what the view's *_data method returned)``, first when built, then at every new step.
+def _ticks(labels) -> list[tuple[int, str]]:
+    labels = [str(v) for v in labels]
+    # repeated tokens (language contexts) would share an axis tick: number them
+    return list(enumerate(labels if len(set(labels)) == len(labels) else [f"{i}:{t}" for i, t in enumerate(labels)]))
+
+
+def _head_image(data, *, layer, head) -> hv.Image:
+    a = data[1]
+    z = a.sel(layer=layer, head=head).values
+    img = hv.Image(
+        (np.arange(a.sizes["key_pos"]), np.arange(a.sizes["query_pos"]), z), ["key", "query"], _dim(a, "weight")
+    )
+    return img.opts(
+        title=f"layer {layer} · head {head}",
+        cmap="viridis",
+        clim=(0, 1),
+        xticks=_ticks(a.key_pos.values),
+        yticks=_ticks(a.query_pos.values),
+        invert_yaxis=True,
+        xlabel="key token",
+        ylabel="query token",
+        xrotation=90,
+        tools=["hover"],
+        frame_width=190,
+        frame_height=190,
+        colorbar=False,
+        fontsize={"ticks": 7},
+    )
+
+
+def _ln_kind(name) -> str:
+    return "bias" if str(name).endswith("bias") else "weight"
+
+
+def _ln_overlay(data, *, kind) -> hv.Overlay:
+    step, arrays = data
+    curves = []
+    for name, da in arrays.items():
+        if _ln_kind(name) == kind:
+            values = da.values.ravel()
+            curves.append(
+                hv.Curve(
+                    (np.arange(len(values)), values),
+                    hv.Dimension("i", label="feature index"),
+                    hv.Dimension(kind, label=f"layer-norm {kind}"),
+                    label=str(name),
+                )
+            )
+    plural = {"weight": "weights", "bias": "biases"}[kind]
+    return hv.Overlay(curves).opts(
+        title=f"Layer-norm {plural} at step {step}",
+        responsive=True,
+        height=260,
+        show_grid=True,
+        legend_position="right",
+        framewise=True,  # each checkpoint's own range
+    )
+
+
+def _chain_labels(trace: xr.DataArray, table: pd.DataFrame) -> list[tuple[str, bool]]:
+    """Each chain's legend label, with its flags, and whether it is flagged (drawn dashed)."""
+    out = []
+    for c in trace.chain.values:
+        flags = [f for f in ("diverged", "not_converged", "escaped") if f in table and bool(table.loc[c, f])]
+        out.append(
+            (f"chain {c}" + (f" ({', '.join(f.replace('_', ' ') for f in flags)})" if flags else ""), bool(flags))
+        )
+    return out
+
+
+def _chain_overlay(data) -> hv.Overlay:
+    step, (trace, table, _) = data
+    curves = [
+        hv.Curve(
+            (trace.draw.values, trace.sel(chain=c).values), _dim(trace.draw, "draw"), _dim(trace, "llc"), label=label
+        ).opts(line_dash="dashed" if flagged else "solid")
+        for c, (label, flagged) in zip(trace.chain.values, _chain_labels(trace, table))
+    ]
+    return hv.Overlay(curves).opts(
+        title=f"Online LLC estimate of each SGLD chain at step {step} (figure A.5; dashed: flagged chains)",
+        responsive=True,
+        height=300,
+        show_grid=True,
+        legend_position="right",
+        tools=["hover"],
+        framewise=True,
+    )
+
+
+def _chain_summary(chains) -> str:
+    _, _, summary = chains
+    rhat = f", R-hat over kept chains {summary['rhat']:.3f}" if "rhat" in summary else ""
+    return (
+        f"LLC {summary['llc_mean']:.3f} ± {summary['llc_std']:.3f} over non-diverged chains"
+        f"{rhat}. Per chain: the stored flags and effective draws (`llc_ess`), and split R-hat "
+        "(near 1: the chain's two halves agree) of its SGLD losses."
+    )
+
+
+# A checkpoint view's layout: new data of the same layout is drawn in place (Frame)
+LAYOUTS = {
+    "attention": lambda a: (a.sizes, tuple(map(str, a.query_pos.values)), tuple(map(str, a.key_pos.values))),
+    "ln": lambda arrays: tuple((str(n), da.shape) for n, da in arrays.items()),
+    "sgld": lambda chains: (
+        chains[0].shape,
+        tuple(_chain_labels(chains[0], chains[1])),
+        tuple(chains[1].columns),
+    ),
+}
 
 
 def build_app(paths: list[str] | None = None) -> pn.viewable.Viewable:
