@@ -250,6 +250,9 @@ class StagesExplorer(pn.viewable.Viewer):
         default=0, doc="Bumped with the lead run's variable and step in one update: its views redraw once."
     )
     message = param.String(default="", doc="Last refresh's note.")
+    # bumped when the runs or variables tab is shown with something new to draw (see _inputs_changed)
+    runs_revision = param.Integer(default=0, precedence=-1)
+    variables_revision = param.Integer(default=0, precedence=-1)
     # bumped when a checkpoint view needs a new layout (another lead's heads, parameters or
     # chains, or an error to show); a step with the same layout updates its plots in place
     attention_layout = param.Integer(default=0, precedence=-1)
@@ -261,12 +264,15 @@ class StagesExplorer(pn.viewable.Viewer):
         self.patterns = list(patterns) if patterns else [STORES]
         self.tokens: dict[str, tuple] = {}
         self.frames: dict[str, Frame] = {}
+        self.stale: set[int] = set()  # tabs whose views wait to be shown before they redraw
         self._scan()
         if not self.runs:
             self.runs = self.paths[:1]
         self.param.watch(self._lead_changed, "runs")
-        self.param.watch(self._checkpoint_changed, ["step", "lead_revision"])
+        self.param.watch(self._inputs_changed, ["tab", *set().union(*TAB_INPUTS)])
         self._lead_changed()
+        self._checkpoint_changed()
+        self.stale.clear()  # the first page draws every tab from this state
 
     # ----------------------------------------------------------------- runs and refresh
     @property
@@ -515,7 +521,7 @@ class StagesExplorer(pn.viewable.Viewer):
             show_legend=True,
         ), notes
 
-    @param.depends("runs", "refreshed")
+    @param.depends("runs_revision")
     @guarded("Runs")
     def runs_view(self) -> pn.viewable.Viewable:
         if not self.runs:
@@ -569,7 +575,7 @@ class StagesExplorer(pn.viewable.Viewer):
         self.param.update(step=int(step), tab=2)
         return int(step)
 
-    @param.depends("runs", "refreshed")
+    @param.depends("runs_revision")
     @guarded("Stage table")
     def stage_table_view(self) -> pn.viewable.Viewable:
         if not self.lead:
@@ -699,7 +705,7 @@ class StagesExplorer(pn.viewable.Viewer):
             widgets.append(w)
         return widgets
 
-    @param.depends("variable", "dims", "lead_revision")
+    @param.depends("variables_revision")
     @guarded("Variable")
     def variable_view(self) -> pn.viewable.Viewable:
         da = self.variable_data()
@@ -759,9 +765,25 @@ class StagesExplorer(pn.viewable.Viewer):
         """Every head's attention on the setting's probe context at the shown checkpoint."""
         return _attention(self.lead, self._lead_step(), self.tokens[self.lead])
 
+    def _inputs_changed(self, *events) -> None:
+        """A change marks the tabs that show it stale; the shown tab redraws now, a hidden one
+        when it is shown, so a click costs only the views in sight (and a tab is drawn once
+        however many clicks it missed)."""
+        names = {e.name for e in events}
+        self.stale |= {tab for tab, inputs in enumerate(TAB_INPUTS) if names & inputs}
+        if self.tab not in self.stale:
+            return
+        if self.tab == 2:
+            self._checkpoint_changed()
+        else:
+            self.stale.discard(self.tab)
+            name = ("runs_revision", "variables_revision")[self.tab]
+            self.param.update({name: getattr(self, name) + 1})
+
     def _checkpoint_changed(self, *_) -> None:
         """A new step or lead: each checkpoint view's data is read once; a view whose layout
         fits the new data updates its plots in place, the others are rebuilt."""
+        self.stale.discard(2)  # first: a view rebuilt below reads its frame
         for name, read in (("attention", self.attention_data), ("ln", self.ln_data), ("sgld", self.chain_data)):
             try:
                 data = (self.step, read())
@@ -776,6 +798,8 @@ class StagesExplorer(pn.viewable.Viewer):
                 self.param.update({f"{name}_layout": getattr(self, f"{name}_layout") + 1})
 
     def _frame(self, name: str) -> Frame:
+        if 2 in self.stale:  # called directly (not drawn) while the checkpoint tab is hidden
+            self._checkpoint_changed()
         frame = self.frames[name]
         if isinstance(frame.data, Exception):
             raise frame.data
@@ -1073,6 +1097,9 @@ def _chain_summary(chains) -> str:
         "(near 1: the chain's two halves agree) of its SGLD losses."
     )
 
+
+# What each tab (runs, variables, checkpoint) shows: a change of one redraws the tab when shown
+TAB_INPUTS = ({"runs", "refreshed"}, {"variable", "dims", "lead_revision"}, {"step", "lead_revision"})
 
 # A checkpoint view's layout: new data of the same layout is drawn in place (Frame)
 LAYOUTS = {

@@ -225,23 +225,20 @@ def test_each_switch_redraws_each_view_at_most_once(explorer, runs, monkeypatch)
     assert len(roots) == len(views)
     steps = explorer.param.step.objects
     variables = list(explorer.param.variable.objects.values())
-    for change, expected in (
-        (
-            lambda: setattr(explorer, "runs", [paths[1]]),
-            {"run_curves", "variable_data", "attention_data", "ln_data", "chain_data"},
-        ),
-        (
-            lambda: setattr(explorer, "variable", next(v for v in variables if v != explorer.variable)),
-            {"variable_data"},
-        ),
-        (
-            lambda: setattr(explorer, "step", next(s for s in steps if s != explorer.step)),
-            {"attention_data", "ln_data", "chain_data"},
-        ),
-        (lambda: explorer.refresh(), {"run_curves", "variable_data", "attention_data", "ln_data", "chain_data"}),
+    shown = {0: {"run_curves"}, 1: {"variable_data"}, 2: {"attention_data", "ln_data", "chain_data"}}
+    for tab, change, expected in (
+        (0, lambda: setattr(explorer, "runs", [paths[1]]), set().union(*shown.values())),
+        (1, lambda: setattr(explorer, "variable", next(v for v in variables if v != explorer.variable)), shown[1]),
+        (2, lambda: setattr(explorer, "step", next(s for s in steps if s != explorer.step)), shown[2]),
+        (0, lambda: explorer.refresh(), set().union(*shown.values())),
     ):
+        explorer.tab = tab
         calls.clear()
         change()
+        # the views in sight redraw now; hidden ones once, when their tab is shown
+        assert calls == dict.fromkeys(expected & shown[tab], 1), calls
+        for other in (0, 1, 2, tab):
+            explorer.tab = other
         assert calls == dict.fromkeys(expected, 1), calls
 
 
@@ -250,6 +247,7 @@ def test_a_new_step_redraws_the_checkpoint_plots_in_place(explorer):
     it builds no new figures (building them was most of a step's cost)."""
     from bokeh.models import ColumnDataSource, Plot
 
+    explorer.tab = 2  # the checkpoint tab, where the step slider is
     root = pn.panel(explorer.sgld_view).get_root()
     figures = [m for m in root.references() if isinstance(m, Plot)]
     step = next(s for s in explorer.param.step.objects if s != explorer.step)
