@@ -119,6 +119,16 @@ def _done_steps(path: str, group: str, flag: str, token: tuple) -> np.ndarray:
     return ds.step.values[np.asarray(ds[flag].values, dtype=bool)]
 
 
+@pn.cache(max_items=256)
+def _curve(path: str, group: str, name: str, flag: str, token: tuple) -> xr.DataArray:
+    """A run's curve at its done checkpoints (step > 0), read once per store state: a run shown
+    again (or by another session) costs no read."""
+    steps = _done_steps(path, group, flag, token) if flag in _dataset(path, group, token) else None
+    da = _plain(_dataset(path, group, token))[name]
+    steps = da.step.values if steps is None else steps
+    return da.sel(step=steps[steps > 0]).load()
+
+
 @pn.cache(max_items=64)
 def _attention(path: str, step: int, token: tuple) -> xr.DataArray:
     from devarray.checkpoints import load_model
@@ -436,7 +446,7 @@ class StagesExplorer(pn.viewable.Viewer):
                 f"{run_name(path)}: no done {group} checkpoint yet (training or `devarray {group}` "
                 "still running?); refresh when it has written one"
             )
-        return ds[name].sel(step=steps).load()
+        return _curve(path, group, name, flag, self.tokens[path])
 
     def run_curves(self) -> dict[str, dict]:
         """Per shown run: ``test_loss``, ``llc_mean``, ``llc_std`` and ``slope`` (the GP's, with
