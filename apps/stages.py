@@ -263,8 +263,9 @@ class StagesExplorer(pn.viewable.Viewer):
     # bumped when the runs or variables tab is shown with something new to draw (see _inputs_changed)
     runs_revision = param.Integer(default=0, precedence=-1)
     variables_revision = param.Integer(default=0, precedence=-1)
-    # bumped when a checkpoint view needs a new layout (another lead's heads, parameters or
+    # bumped when a view needs a new layout (another lead's heads, parameters or
     # chains, or an error to show); a step with the same layout updates its plots in place
+    runs_layout = param.Integer(default=0, precedence=-1)
     attention_layout = param.Integer(default=0, precedence=-1)
     ln_layout = param.Integer(default=0, precedence=-1)
     sgld_layout = param.Integer(default=0, precedence=-1)
@@ -281,7 +282,8 @@ class StagesExplorer(pn.viewable.Viewer):
         self.param.watch(self._lead_changed, "runs")
         self.param.watch(self._inputs_changed, ["tab", *set().union(*TAB_INPUTS)])
         self._lead_changed()
-        self._checkpoint_changed()
+        for tab in FRAMES:
+            self._update_frames(tab)
         self.stale.clear()  # the first page draws every tab from this state
 
     # ----------------------------------------------------------------- runs and refresh
@@ -475,17 +477,17 @@ class StagesExplorer(pn.viewable.Viewer):
             out[p] = row
         return out
 
-    def _run_curve(self, path: str, da: xr.DataArray, y: hv.Dimension, color: str) -> hv.Curve:
+    def _run_curve(self, path: str, da: xr.DataArray, y: hv.Dimension, color: str, label: str) -> hv.Curve:
         steps = da.step.values
         data = pd.DataFrame(
             {"step": steps, y.name: da.values, "stage": self.stage_of(path, steps), "run": run_name(path)}
         )
-        return hv.Curve(
-            data, STEP, [y, hv.Dimension("stage"), hv.Dimension("run")], label=self.legend_label(path)
-        ).opts(color=color, tools=["hover"], line_width=2)
+        return hv.Curve(data, STEP, [y, hv.Dimension("stage"), hv.Dimension("run")], label=label).opts(
+            color=color, tools=["hover"], line_width=2
+        )
 
     def _panel(self, rows: dict, key: str, band: tuple[str, str] | None, title: str) -> tuple[hv.Overlay | None, list]:
-        items, notes = [], []
+        items, notes, legend = [], [], {}
         for i, (p, row) in enumerate(rows.items()):
             da = row.get(key)
             if not isinstance(da, xr.DataArray):
@@ -508,7 +510,11 @@ class StagesExplorer(pn.viewable.Viewer):
                             color=color, alpha=0.2, line_width=0
                         )
                     )
-            items.append(self._run_curve(p, da, y, color))
+            # labelled by position, named in the legend (legend_labels): another run in the same
+            # place is then the same plot with other data, which HoloViews redraws in place
+            label = f"run {i}"
+            legend[label] = self.legend_label(p)
+            items.append(self._run_curve(p, da, y, color, label))
             da_shown = da
         if not items:
             return None, notes
@@ -529,15 +535,14 @@ class StagesExplorer(pn.viewable.Viewer):
             ylabel=_dim(da_shown, key).pprint_label,
             legend_position="top_left",
             show_legend=True,
+            legend_labels=legend,
         ), notes
 
-    @param.depends("runs_revision")
-    @guarded("Runs")
-    def runs_view(self) -> pn.viewable.Viewable:
-        if not self.runs:
-            return pn.pane.Markdown("*Select one or more runs in the sidebar.*")
+    def run_plots(self) -> tuple[dict[str, hv.Overlay], list[str]]:
+        """The runs tab's plots of the shown runs (test loss, LLC, GP slope), and notes on what
+        is missing."""
         rows = self.run_curves()
-        panes, notes = [], []
+        plots, notes = {}, []
         for key, band, title in (
             ("test_loss", None, "Test loss"),
             ("llc_mean", ("±", "llc_std"), "LLC (band: ± std over chains)"),
@@ -546,13 +551,30 @@ class StagesExplorer(pn.viewable.Viewer):
             plot, why = self._panel(rows, key, band, title)
             notes += why
             if plot is not None:
-                panes.append(pn.pane.HoloViews(plot, sizing_mode="stretch_width", linked_axes=True))
+                plots[key] = plot
+        return plots, list(dict.fromkeys(notes))
+
+    @param.depends("runs_layout")
+    @guarded("Runs")
+    def runs_view(self) -> pn.viewable.Viewable:
+        if not self.runs:
+            return pn.pane.Markdown("*Select one or more runs in the sidebar.*")
+        frame = self._frame("runs")
+        plots, notes = frame.data[1]
+        panes = [
+            pn.pane.HoloViews(
+                hv.DynamicMap(functools.partial(_run_plot, key=key), streams=[frame.pipe]),
+                sizing_mode="stretch_width",
+                linked_axes=True,
+            )
+            for key in plots
+        ]
         legend = pn.pane.Markdown(
             "Shading: the lead run's stages — **warm** hues where the LLC rises, **cold** where it falls; "
             "dashed lines: stage boundaries of every shown run. Hover a curve for step, value and stage.",
             sizing_mode="stretch_width",
         )
-        alerts = [pn.pane.Alert("\n".join(f"- {n}" for n in dict.fromkeys(notes)), alert_type="info")] if notes else []
+        alerts = [pn.pane.Alert("\n".join(f"- {n}" for n in notes), alert_type="info")] if notes else []
         return pn.Column(legend, *alerts, *panes, sizing_mode="stretch_width")
 
     # ----------------------------------------------------------------- stage table
@@ -783,20 +805,21 @@ class StagesExplorer(pn.viewable.Viewer):
         self.stale |= {tab for tab, inputs in enumerate(TAB_INPUTS) if names & inputs}
         if self.tab not in self.stale:
             return
-        if self.tab == 2:
-            self._checkpoint_changed()
+        if self.tab == 1:
+            self.stale.discard(1)
+            self.variables_revision += 1
         else:
-            self.stale.discard(self.tab)
-            name = ("runs_revision", "variables_revision")[self.tab]
-            self.param.update({name: getattr(self, name) + 1})
+            self._update_frames(self.tab)
 
-    def _checkpoint_changed(self, *_) -> None:
-        """A new step or lead: each checkpoint view's data is read once; a view whose layout
+    def _update_frames(self, tab: int) -> None:
+        """The tab's views' data is read once (runs: their plots built); a view whose layout
         fits the new data updates its plots in place, the others are rebuilt."""
-        self.stale.discard(2)  # first: a view rebuilt below reads its frame
-        for name, read in (("attention", self.attention_data), ("ln", self.ln_data), ("sgld", self.chain_data)):
+        self.stale.discard(tab)  # first: a view rebuilt below reads its frame
+        if tab == 0:
+            self.runs_revision += 1  # the stage table
+        for name, read in FRAMES[tab].items():
             try:
-                data = (self.step, read())
+                data = (self.step, getattr(self, read)())
                 key = LAYOUTS[name](data[1])
             except Exception as e:  # noqa: BLE001 - the view shows it in its place
                 data, key = e, None
@@ -808,8 +831,9 @@ class StagesExplorer(pn.viewable.Viewer):
                 self.param.update({f"{name}_layout": getattr(self, f"{name}_layout") + 1})
 
     def _frame(self, name: str) -> Frame:
-        if 2 in self.stale:  # called directly (not drawn) while the checkpoint tab is hidden
-            self._checkpoint_changed()
+        tab = next(t for t, frames in FRAMES.items() if name in frames)
+        if tab in self.stale:  # called directly (not drawn) while its tab is hidden
+            self._update_frames(tab)
         frame = self.frames[name]
         if isinstance(frame.data, Exception):
             raise frame.data
@@ -1111,8 +1135,24 @@ def _chain_summary(chains) -> str:
 # What each tab (runs, variables, checkpoint) shows: a change of one redraws the tab when shown
 TAB_INPUTS = ({"runs", "refreshed"}, {"variable", "dims", "lead_revision"}, {"step", "lead_revision"})
 
-# A checkpoint view's layout: new data of the same layout is drawn in place (Frame)
+
+def _run_plot(data, *, key) -> hv.Overlay:
+    plots, _ = data[1]
+    return plots[key].opts(framewise=True)  # each run's own range
+
+
+def _elements(plot: hv.Overlay) -> tuple:
+    return tuple((type(el).__name__, el.group, el.label) for el in plot)
+
+
+# The views drawn from a Frame, by tab, and the *_data method each reads
+FRAMES = {
+    0: {"runs": "run_plots"},
+    2: {"attention": "attention_data", "ln": "ln_data", "sgld": "chain_data"},
+}
+# A view's layout: new data of the same layout is drawn in place (Frame)
 LAYOUTS = {
+    "runs": lambda plots: ({k: _elements(p) for k, p in plots[0].items()}, tuple(plots[1])),
     "attention": lambda a: (a.sizes, tuple(map(str, a.query_pos.values)), tuple(map(str, a.key_pos.values))),
     "ln": lambda arrays: tuple((str(n), da.shape) for n, da in arrays.items()),
     "sgld": lambda chains: (

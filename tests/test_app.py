@@ -259,6 +259,25 @@ def test_a_new_step_redraws_the_checkpoint_plots_in_place(explorer):
     assert sorted(np.asarray(d)[-1] for d in drawn) == pytest.approx(sorted(trace[:, -1]))
 
 
+def test_another_seed_redraws_the_runs_plots_in_place(explorer, runs):
+    from bokeh.models import ColumnDataSource, LegendItem, Plot
+
+    _, paths = runs
+    explorer.runs = [paths[0]]
+    root = pn.panel(explorer.runs_view).get_root()
+    figures = [m for m in root.references() if isinstance(m, Plot)]
+    layout = explorer.frames["runs"].key
+    explorer.runs = [paths[1]]
+    assert explorer.frames["runs"].key == layout  # seeds of one config: the same plots, other data
+    assert [m for m in root.references() if isinstance(m, Plot)] == figures
+    legend = {i.label.value for i in root.references() if isinstance(i, LegendItem)}
+    assert app.run_name(paths[1]) in legend and app.run_name(paths[0]) not in legend
+    ev = xr.open_zarr(paths[1], group="eval")
+    drawn = next(m.data for m in root.references() if isinstance(m, ColumnDataSource) and "test_loss" in m.data)
+    np.testing.assert_allclose(drawn["test_loss"], ev.test_loss.sel(step=drawn["step"]).values, rtol=1e-6)
+    assert set(drawn["run"]) == {app.run_name(paths[1])}
+
+
 def test_checkpoint_view_snaps_to_stored_checkpoints(explorer):
     steps = RunStore.open(explorer.lead, mode="r").done_steps("params").tolist()
     assert explorer.param.step.objects == steps and explorer.step == steps[-1]
