@@ -225,9 +225,11 @@ def _labels(ds: xr.Dataset, dim: str) -> list:
 
 
 class Frame:
-    """One checkpoint view's data at the shown step, and how its drawn panes show new data.
+    """One view's data (``(step, what its data method returned)``), and how its drawn panes show
+    new data.
 
-    ``key`` is the data's layout (heads and tokens, parameter names, chain labels): while it stays
+    ``key`` is the data's layout (plot elements, heads and tokens, parameter names, chain labels;
+    ``LAYOUTS``): while it stays
     the same, new data goes to the drawn plots through ``pipe`` (HoloViews DynamicMaps update their
     Bokeh sources in place) and to ``show`` (texts, tables), instead of new plots being built."""
 
@@ -269,8 +271,8 @@ class StagesExplorer(pn.viewable.Viewer):
     # bumped when the runs or variables tab is shown with something new to draw (see _inputs_changed)
     runs_revision = param.Integer(default=0, precedence=-1)
     variables_revision = param.Integer(default=0, precedence=-1)
-    # bumped when a view needs a new layout (another lead's heads, parameters or
-    # chains, or an error to show); a step with the same layout updates its plots in place
+    # bumped when a view drawn from a Frame needs a new layout (more runs, another model, an
+    # error to show); new data of the same layout updates its plots in place
     runs_layout = param.Integer(default=0, precedence=-1)
     attention_layout = param.Integer(default=0, precedence=-1)
     ln_layout = param.Integer(default=0, precedence=-1)
