@@ -91,18 +91,27 @@ def store_token(path: str) -> tuple:
 
 # Cached under the store's token: reused across sessions and widgets, re-read after the store changes.
 @pn.cache(max_items=128)
-def _store_info(path: str, token: tuple) -> dict:
+def _run_store(path: str, token: tuple):
+    """The store, opened once: it keeps its arrays' metadata, so a checkpoint's weights are read
+    in half the time of a fresh open."""
     from devarray.store import RunStore
 
-    store = RunStore.open(path, mode="r", validate=False)  # clear errors for foreign or newer stores
+    return RunStore.open(path, mode="r", validate=False)  # clear errors for foreign or newer stores
+
+
+@pn.cache(max_items=128)
+def _store_info(path: str, token: tuple) -> dict:
+    store = _run_store(path, token)
     return {"config": dict(store.config), "groups": store.groups()}
 
 
 @pn.cache(max_items=512)
 def _dataset(path: str, group: str, token: tuple) -> xr.Dataset:
-    # chunks={}: dask arrays with the store's chunks (one checkpoint each), nothing read yet;
-    # live metadata, not the consolidated copy, since a pipeline may be adding variables
-    return xr.open_zarr(path, group=group, consolidated=False, chunks={})
+    # chunks=None: xarray's lazily indexed arrays, nothing read yet, and a selection reads only
+    # its chunks in one zarr call. Not dask: with one checkpoint per chunk, a dask graph per
+    # variable (190 tasks) cost more than the reads (1 s to open the llc group, 0.1 s without).
+    # Live metadata, not the consolidated copy, since a pipeline may be adding variables.
+    return xr.open_zarr(path, group=group, consolidated=False, chunks=None)
 
 
 @pn.cache(max_items=128)
@@ -117,13 +126,22 @@ def _done_steps(path: str, group: str, flag: str, token: tuple) -> np.ndarray:
     return ds.step.values[np.asarray(ds[flag].values, dtype=bool)]
 
 
+@pn.cache(max_items=256)
+def _curve(path: str, group: str, name: str, flag: str, token: tuple) -> xr.DataArray:
+    """A run's curve at its done checkpoints (step > 0), read once per store state: a run shown
+    again (or by another session) costs no read."""
+    steps = _done_steps(path, group, flag, token) if flag in _dataset(path, group, token) else None
+    da = _plain(_dataset(path, group, token))[name]
+    steps = da.step.values if steps is None else steps
+    return da.sel(step=steps[steps > 0]).load()
+
+
 @pn.cache(max_items=64)
 def _attention(path: str, step: int, token: tuple) -> xr.DataArray:
     from devarray.checkpoints import load_model
     from devarray.settings import setting_for
-    from devarray.store import RunStore
 
-    store = RunStore.open(path, mode="r", validate=False)
+    store = _run_store(path, token)
     setting = setting_for(store.config)
     return setting.attention(load_model(store, step), store.config)
 
@@ -206,6 +224,27 @@ def _labels(ds: xr.Dataset, dim: str) -> list:
     return ds[dim].values.tolist() if dim in ds.variables else list(range(ds.sizes[dim]))
 
 
+class Frame:
+    """One view's data (``(step, what its data method returned)``), and how its drawn panes show
+    new data.
+
+    ``key`` is the data's layout (plot elements, heads and tokens, parameter names, chain labels;
+    ``LAYOUTS``): while it stays
+    the same, new data goes to the drawn plots through ``pipe`` (HoloViews DynamicMaps update their
+    Bokeh sources in place) and to ``show`` (texts, tables), instead of new plots being built."""
+
+    def __init__(self, key, data):
+        self.key, self.data = key, data
+        self.pipe = hv.streams.Pipe(data=data)
+        self.show: list = []  # callables of the data, set by the view that draws it
+
+    def send(self, data) -> None:
+        self.data = data
+        self.pipe.send(data)
+        for show in self.show:
+            show(data)
+
+
 # ---------------------------------------------------------------------------------- the state
 class StagesExplorer(pn.viewable.Viewer):
     """The app's state. ``runs[0]`` is the *lead* run: its stages shade the plots, its variables
@@ -229,16 +268,31 @@ class StagesExplorer(pn.viewable.Viewer):
         default=0, doc="Bumped with the lead run's variable and step in one update: its views redraw once."
     )
     message = param.String(default="", doc="Last refresh's note.")
+    # bumped when the runs or variables tab is shown with something new to draw (see _inputs_changed)
+    runs_revision = param.Integer(default=0, precedence=-1)
+    variables_revision = param.Integer(default=0, precedence=-1)
+    # bumped when a view drawn from a Frame needs a new layout (more runs, another model, an
+    # error to show); new data of the same layout updates its plots in place
+    runs_layout = param.Integer(default=0, precedence=-1)
+    attention_layout = param.Integer(default=0, precedence=-1)
+    ln_layout = param.Integer(default=0, precedence=-1)
+    sgld_layout = param.Integer(default=0, precedence=-1)
 
     def __init__(self, patterns: list[str] | None = None, **params):
         super().__init__(**params)
         self.patterns = list(patterns) if patterns else [STORES]
         self.tokens: dict[str, tuple] = {}
+        self.frames: dict[str, Frame] = {}
+        self.stale: set[int] = set()  # tabs whose views wait to be shown before they redraw
         self._scan()
         if not self.runs:
             self.runs = self.paths[:1]
         self.param.watch(self._lead_changed, "runs")
+        self.param.watch(self._inputs_changed, ["tab", *set().union(*TAB_INPUTS)])
         self._lead_changed()
+        for tab in FRAMES:
+            self._update_frames(tab)
+        self.stale.clear()  # the first page draws every tab from this state
 
     # ----------------------------------------------------------------- runs and refresh
     @property
@@ -402,7 +456,7 @@ class StagesExplorer(pn.viewable.Viewer):
                 f"{run_name(path)}: no done {group} checkpoint yet (training or `devarray {group}` "
                 "still running?); refresh when it has written one"
             )
-        return ds[name].sel(step=steps).load()
+        return _curve(path, group, name, flag, self.tokens[path])
 
     def run_curves(self) -> dict[str, dict]:
         """Per shown run: ``test_loss``, ``llc_mean``, ``llc_std`` and ``slope`` (the GP's, with
@@ -431,17 +485,17 @@ class StagesExplorer(pn.viewable.Viewer):
             out[p] = row
         return out
 
-    def _run_curve(self, path: str, da: xr.DataArray, y: hv.Dimension, color: str) -> hv.Curve:
+    def _run_curve(self, path: str, da: xr.DataArray, y: hv.Dimension, color: str, label: str) -> hv.Curve:
         steps = da.step.values
         data = pd.DataFrame(
             {"step": steps, y.name: da.values, "stage": self.stage_of(path, steps), "run": run_name(path)}
         )
-        return hv.Curve(
-            data, STEP, [y, hv.Dimension("stage"), hv.Dimension("run")], label=self.legend_label(path)
-        ).opts(color=color, tools=["hover"], line_width=2)
+        return hv.Curve(data, STEP, [y, hv.Dimension("stage"), hv.Dimension("run")], label=label).opts(
+            color=color, tools=["hover"], line_width=2
+        )
 
     def _panel(self, rows: dict, key: str, band: tuple[str, str] | None, title: str) -> tuple[hv.Overlay | None, list]:
-        items, notes = [], []
+        items, notes, legend = [], [], {}
         for i, (p, row) in enumerate(rows.items()):
             da = row.get(key)
             if not isinstance(da, xr.DataArray):
@@ -464,7 +518,11 @@ class StagesExplorer(pn.viewable.Viewer):
                             color=color, alpha=0.2, line_width=0
                         )
                     )
-            items.append(self._run_curve(p, da, y, color))
+            # labelled by position, named in the legend (legend_labels): another run in the same
+            # place is then the same plot with other data, which HoloViews redraws in place
+            label = f"run {i}"
+            legend[label] = self.legend_label(p)
+            items.append(self._run_curve(p, da, y, color, label))
             da_shown = da
         if not items:
             return None, notes
@@ -485,15 +543,14 @@ class StagesExplorer(pn.viewable.Viewer):
             ylabel=_dim(da_shown, key).pprint_label,
             legend_position="top_left",
             show_legend=True,
+            legend_labels=legend,
         ), notes
 
-    @param.depends("runs", "refreshed")
-    @guarded("Runs")
-    def runs_view(self) -> pn.viewable.Viewable:
-        if not self.runs:
-            return pn.pane.Markdown("*Select one or more runs in the sidebar.*")
+    def run_plots(self) -> tuple[dict[str, hv.Overlay], list[str]]:
+        """The runs tab's plots of the shown runs (test loss, LLC, GP slope), and notes on what
+        is missing."""
         rows = self.run_curves()
-        panes, notes = [], []
+        plots, notes = {}, []
         for key, band, title in (
             ("test_loss", None, "Test loss"),
             ("llc_mean", ("±", "llc_std"), "LLC (band: ± std over chains)"),
@@ -502,13 +559,30 @@ class StagesExplorer(pn.viewable.Viewer):
             plot, why = self._panel(rows, key, band, title)
             notes += why
             if plot is not None:
-                panes.append(pn.pane.HoloViews(plot, sizing_mode="stretch_width", linked_axes=True))
+                plots[key] = plot
+        return plots, list(dict.fromkeys(notes))
+
+    @param.depends("runs_layout")
+    @guarded("Runs")
+    def runs_view(self) -> pn.viewable.Viewable:
+        if not self.runs:
+            return pn.pane.Markdown("*Select one or more runs in the sidebar.*")
+        frame = self._frame("runs")
+        plots, notes = frame.data[1]
+        panes = [
+            pn.pane.HoloViews(
+                hv.DynamicMap(functools.partial(_run_plot, key=key), streams=[frame.pipe]),
+                sizing_mode="stretch_width",
+                linked_axes=True,
+            )
+            for key in plots
+        ]
         legend = pn.pane.Markdown(
             "Shading: the lead run's stages — **warm** hues where the LLC rises, **cold** where it falls; "
             "dashed lines: stage boundaries of every shown run. Hover a curve for step, value and stage.",
             sizing_mode="stretch_width",
         )
-        alerts = [pn.pane.Alert("\n".join(f"- {n}" for n in dict.fromkeys(notes)), alert_type="info")] if notes else []
+        alerts = [pn.pane.Alert("\n".join(f"- {n}" for n in notes), alert_type="info")] if notes else []
         return pn.Column(legend, *alerts, *panes, sizing_mode="stretch_width")
 
     # ----------------------------------------------------------------- stage table
@@ -541,7 +615,7 @@ class StagesExplorer(pn.viewable.Viewer):
         self.param.update(step=int(step), tab=2)
         return int(step)
 
-    @param.depends("runs", "refreshed")
+    @param.depends("runs_revision")
     @guarded("Stage table")
     def stage_table_view(self) -> pn.viewable.Viewable:
         if not self.lead:
@@ -671,7 +745,7 @@ class StagesExplorer(pn.viewable.Viewer):
             widgets.append(w)
         return widgets
 
-    @param.depends("variable", "dims", "lead_revision")
+    @param.depends("variables_revision")
     @guarded("Variable")
     def variable_view(self) -> pn.viewable.Viewable:
         da = self.variable_data()
@@ -731,54 +805,74 @@ class StagesExplorer(pn.viewable.Viewer):
         """Every head's attention on the setting's probe context at the shown checkpoint."""
         return _attention(self.lead, self._lead_step(), self.tokens[self.lead])
 
-    @param.depends("step", "lead_revision")
-    @guarded("Attention")
-    def attention_view(self) -> pn.viewable.Viewable:
-        a = self.attention_data()
-        q = [str(v) for v in a.query_pos.values]
-        k = [str(v) for v in a.key_pos.values]
-        # repeated tokens (language contexts) would share an axis tick: number them
-        q = q if len(set(q)) == len(q) else [f"{i}:{t}" for i, t in enumerate(q)]
-        k = k if len(set(k)) == len(k) else [f"{i}:{t}" for i, t in enumerate(k)]
-        value = _dim(a, "weight")
-        heads = []
-        for layer in a["layer"].values:
-            for head in a["head"].values:  # a.head is DataArray.head()
-                z = a.sel(layer=layer, head=head).values
-                img = hv.Image((np.arange(len(k)), np.arange(len(q)), z), ["key", "query"], value)
-                heads.append(
-                    img.opts(
-                        title=f"layer {layer} · head {head}",
-                        cmap="viridis",
-                        clim=(0, 1),
-                        xticks=list(enumerate(k)),
-                        yticks=list(enumerate(q)),
-                        invert_yaxis=True,
-                        xlabel="key token",
-                        ylabel="query token",
-                        xrotation=90,
-                        tools=["hover"],
-                        frame_width=190,
-                        frame_height=190,
-                        colorbar=False,
-                        fontsize={"ticks": 7},
-                    )
-                )
-        layout = hv.Layout(heads).cols(a.sizes["head"]).opts(shared_axes=False)
+    def _inputs_changed(self, *events) -> None:
+        """A change marks the tabs that show it stale; the shown tab redraws now, a hidden one
+        when it is shown, so a click costs only the views in sight (and a tab is drawn once
+        however many clicks it missed)."""
+        names = {e.name for e in events}
+        self.stale |= {tab for tab, inputs in enumerate(TAB_INPUTS) if names & inputs}
+        if self.tab not in self.stale:
+            return
+        if self.tab == 1:
+            self.stale.discard(1)
+            self.variables_revision += 1
+        else:
+            self._update_frames(self.tab)
+
+    def _update_frames(self, tab: int) -> None:
+        """The tab's views' data is read once (runs: their plots built); a view whose layout
+        fits the new data updates its plots in place, the others are rebuilt."""
+        self.stale.discard(tab)  # first: a view rebuilt below reads its frame
+        if tab == 0:
+            self.runs_revision += 1  # the stage table
+        for name, read in FRAMES[tab].items():
+            try:
+                data = (self.step, getattr(self, read)())
+                key = LAYOUTS[name](data[1])
+            except Exception as e:  # noqa: BLE001 - the view shows it in its place
+                data, key = e, None
+            frame = self.frames.get(name)
+            if frame is not None and key is not None and frame.key == key:
+                frame.send(data)
+            else:
+                self.frames[name] = Frame(key, data)
+                self.param.update({f"{name}_layout": getattr(self, f"{name}_layout") + 1})
+
+    def _frame(self, name: str) -> Frame:
+        tab = next(t for t, frames in FRAMES.items() if name in frames)
+        if tab in self.stale:  # called directly (not drawn) while its tab is hidden
+            self._update_frames(tab)
+        frame = self.frames[name]
+        if isinstance(frame.data, Exception):
+            raise frame.data
+        return frame
+
+    def _attention_note(self, step: int) -> str:
         try:
             from devarray.settings import setting_for
 
             title = setting_for(self.info(self.lead)["config"]).title
         except Exception:  # noqa: BLE001
             title = "its setting"
-        return pn.Column(
-            pn.pane.Markdown(
-                f"**Attention at step {self.step}** on the probe context of {title} "
-                "(rows: query token, columns: key token; 0 = dark, 1 = bright)."
-            ),
-            pn.pane.HoloViews(layout),
-            sizing_mode="stretch_width",
+        return (
+            f"**Attention at step {step}** on the probe context of {title} "
+            "(rows: query token, columns: key token; 0 = dark, 1 = bright)."
         )
+
+    @param.depends("attention_layout")
+    @guarded("Attention")
+    def attention_view(self) -> pn.viewable.Viewable:
+        frame = self._frame("attention")
+        a = frame.data[1]
+        heads = [
+            hv.DynamicMap(functools.partial(_head_image, layer=layer, head=head), streams=[frame.pipe])
+            for layer in a["layer"].values
+            for head in a["head"].values  # a.head is DataArray.head()
+        ]
+        note = pn.pane.Markdown(self._attention_note(frame.data[0]))
+        frame.show = [lambda data: setattr(note, "object", self._attention_note(data[0]))]
+        layout = hv.Layout(heads).cols(a.sizes["head"]).opts(shared_axes=False)
+        return pn.Column(note, pn.pane.HoloViews(layout), sizing_mode="stretch_width")
 
     def ln_data(self) -> dict[str, xr.DataArray]:
         """The layer-norm parameters (params variables whose name contains 'ln') at the shown step."""
@@ -789,38 +883,14 @@ class StagesExplorer(pn.viewable.Viewer):
             raise MissingData(f"{run_name(self.lead)}'s model has no layer-norm parameters ('ln' in the name)")
         return {v: ds[v].sel(step=step).load() for v in sorted(names)}
 
-    @param.depends("step", "lead_revision")
+    @param.depends("ln_layout")
     @guarded("Layer norms")
     def ln_view(self) -> pn.viewable.Viewable:
-        data = self.ln_data()
-        panels = []
-        for kind in ("weight", "bias"):
-            curves = []
-            for name, da in data.items():
-                if (kind == "weight") != (not str(name).endswith("bias")):
-                    continue
-                values = da.values.ravel()
-                curves.append(
-                    hv.Curve(
-                        (np.arange(len(values)), values),
-                        hv.Dimension("i", label="feature index"),
-                        hv.Dimension(kind, label=f"layer-norm {kind}"),
-                        label=str(name),
-                    )
-                )
-            if curves:
-                plural = {"weight": "weights", "bias": "biases"}[kind]
-                panels.append(
-                    hv.Overlay(curves).opts(
-                        title=f"Layer-norm {plural} at step {self.step}",
-                        responsive=True,
-                        height=260,
-                        show_grid=True,
-                        legend_position="right",
-                    )
-                )
+        frame = self._frame("ln")
+        kinds = [k for k in ("weight", "bias") if k in {_ln_kind(n) for n in frame.data[1]}]
+        plots = [hv.DynamicMap(functools.partial(_ln_overlay, kind=k), streams=[frame.pipe]) for k in kinds]
         return pn.Column(
-            *[pn.pane.HoloViews(p, sizing_mode="stretch_width") for p in panels], sizing_mode="stretch_width"
+            *[pn.pane.HoloViews(p, sizing_mode="stretch_width") for p in plots], sizing_mode="stretch_width"
         )
 
     def chain_data(self) -> tuple[xr.DataArray, pd.DataFrame, dict]:
@@ -856,46 +926,26 @@ class StagesExplorer(pn.viewable.Viewer):
             pass  # llc_ess is stored per chain; R-hat needs arviz
         return trace, table, summary
 
-    @param.depends("step", "lead_revision")
+    @param.depends("sgld_layout")
     @guarded("SGLD chains")
     def sgld_view(self) -> pn.viewable.Viewable:
-        trace, table, summary = self.chain_data()
-        curves = []
-        for c in trace.chain.values:
-            flags = [f for f in ("diverged", "not_converged", "escaped") if f in table and bool(table.loc[c, f])]
-            label = f"chain {c}" + (f" ({', '.join(f.replace('_', ' ') for f in flags)})" if flags else "")
-            curves.append(
-                hv.Curve(
-                    (trace.draw.values, trace.sel(chain=c).values),
-                    _dim(trace.draw, "draw"),
-                    _dim(trace, "llc"),
-                    label=label,
-                ).opts(line_dash="dashed" if flags else "solid")
-            )
-        plot = hv.Overlay(curves).opts(
-            title=f"Online LLC estimate of each SGLD chain at step {self.step} (figure A.5; dashed: flagged chains)",
-            responsive=True,
-            height=300,
-            show_grid=True,
-            legend_position="right",
-            tools=["hover"],
-        )
-        rhat = f", R-hat over kept chains {summary['rhat']:.3f}" if "rhat" in summary else ""
-        return pn.Column(
-            pn.pane.HoloViews(plot, sizing_mode="stretch_width"),
-            pn.pane.Markdown(
-                f"LLC {summary['llc_mean']:.3f} ± {summary['llc_std']:.3f} over non-diverged chains"
-                f"{rhat}. Per chain: the stored flags and effective draws (`llc_ess`), and split R-hat "
-                "(near 1: the chain's two halves agree) of its SGLD losses."
-            ),
-            pn.widgets.Tabulator(
-                table.reset_index(),
-                disabled=True,
-                show_index=False,
-                sizing_mode="stretch_width",
-                formatters={c: {"type": "money", "precision": 3} for c in table.columns if table[c].dtype.kind == "f"},
-            ),
+        frame = self._frame("sgld")
+        _, table, _ = frame.data[1]
+        summary = pn.pane.Markdown(_chain_summary(frame.data[1]))
+        widget = pn.widgets.Tabulator(
+            table.reset_index(),
+            disabled=True,
+            show_index=False,
             sizing_mode="stretch_width",
+            formatters={c: {"type": "money", "precision": 3} for c in table.columns if table[c].dtype.kind == "f"},
+        )
+        frame.show = [
+            lambda data: setattr(summary, "object", _chain_summary(data[1])),
+            lambda data: setattr(widget, "value", data[1][1].reset_index()),
+        ]
+        plot = hv.DynamicMap(_chain_overlay, streams=[frame.pipe])
+        return pn.Column(
+            pn.pane.HoloViews(plot, sizing_mode="stretch_width"), summary, widget, sizing_mode="stretch_width"
         )
 
     # ----------------------------------------------------------------- layout
@@ -986,6 +1036,139 @@ class StagesExplorer(pn.viewable.Viewer):
             return True
         except Exception:  # noqa: BLE001
             return False
+
+
+# ---------------------------------------------------------------------------------- checkpoint plots
+# Callbacks of the checkpoint views' DynamicMaps: each draws one plot from a Frame's data,
+# ``(step, what the view's *_data method returned)``, first when built, then at every new step.
+def _ticks(labels) -> list[tuple[int, str]]:
+    labels = [str(v) for v in labels]
+    # repeated tokens (language contexts) would share an axis tick: number them
+    return list(enumerate(labels if len(set(labels)) == len(labels) else [f"{i}:{t}" for i, t in enumerate(labels)]))
+
+
+def _head_image(data, *, layer, head) -> hv.Image:
+    a = data[1]
+    z = a.sel(layer=layer, head=head).values
+    img = hv.Image(
+        (np.arange(a.sizes["key_pos"]), np.arange(a.sizes["query_pos"]), z), ["key", "query"], _dim(a, "weight")
+    )
+    return img.opts(
+        title=f"layer {layer} · head {head}",
+        cmap="viridis",
+        clim=(0, 1),
+        xticks=_ticks(a.key_pos.values),
+        yticks=_ticks(a.query_pos.values),
+        invert_yaxis=True,
+        xlabel="key token",
+        ylabel="query token",
+        xrotation=90,
+        tools=["hover"],
+        frame_width=190,
+        frame_height=190,
+        colorbar=False,
+        fontsize={"ticks": 7},
+    )
+
+
+def _ln_kind(name) -> str:
+    return "bias" if str(name).endswith("bias") else "weight"
+
+
+def _ln_overlay(data, *, kind) -> hv.Overlay:
+    step, arrays = data
+    curves = []
+    for name, da in arrays.items():
+        if _ln_kind(name) == kind:
+            values = da.values.ravel()
+            curves.append(
+                hv.Curve(
+                    (np.arange(len(values)), values),
+                    hv.Dimension("i", label="feature index"),
+                    hv.Dimension(kind, label=f"layer-norm {kind}"),
+                    label=str(name),
+                )
+            )
+    plural = {"weight": "weights", "bias": "biases"}[kind]
+    return hv.Overlay(curves).opts(
+        title=f"Layer-norm {plural} at step {step}",
+        responsive=True,
+        height=260,
+        show_grid=True,
+        legend_position="right",
+        framewise=True,  # each checkpoint's own range
+    )
+
+
+def _chain_labels(trace: xr.DataArray, table: pd.DataFrame) -> list[tuple[str, bool]]:
+    """Each chain's legend label, with its flags, and whether it is flagged (drawn dashed)."""
+    out = []
+    for c in trace.chain.values:
+        flags = [f for f in ("diverged", "not_converged", "escaped") if f in table and bool(table.loc[c, f])]
+        out.append(
+            (f"chain {c}" + (f" ({', '.join(f.replace('_', ' ') for f in flags)})" if flags else ""), bool(flags))
+        )
+    return out
+
+
+def _chain_overlay(data) -> hv.Overlay:
+    step, (trace, table, _) = data
+    curves = [
+        hv.Curve(
+            (trace.draw.values, trace.sel(chain=c).values), _dim(trace.draw, "draw"), _dim(trace, "llc"), label=label
+        ).opts(line_dash="dashed" if flagged else "solid")
+        for c, (label, flagged) in zip(trace.chain.values, _chain_labels(trace, table))
+    ]
+    return hv.Overlay(curves).opts(
+        title=f"Online LLC estimate of each SGLD chain at step {step} (figure A.5; dashed: flagged chains)",
+        responsive=True,
+        height=300,
+        show_grid=True,
+        legend_position="right",
+        tools=["hover"],
+        framewise=True,
+    )
+
+
+def _chain_summary(chains) -> str:
+    _, _, summary = chains
+    rhat = f", R-hat over kept chains {summary['rhat']:.3f}" if "rhat" in summary else ""
+    return (
+        f"LLC {summary['llc_mean']:.3f} ± {summary['llc_std']:.3f} over non-diverged chains"
+        f"{rhat}. Per chain: the stored flags and effective draws (`llc_ess`), and split R-hat "
+        "(near 1: the chain's two halves agree) of its SGLD losses."
+    )
+
+
+# What each tab (runs, variables, checkpoint) shows: a change of one redraws the tab when shown
+TAB_INPUTS = ({"runs", "refreshed"}, {"variable", "dims", "lead_revision"}, {"step", "lead_revision"})
+
+
+def _run_plot(data, *, key) -> hv.Overlay:
+    plots, _ = data[1]
+    return plots[key].opts(framewise=True)  # each run's own range
+
+
+def _elements(plot: hv.Overlay) -> tuple:
+    return tuple((type(el).__name__, el.group, el.label) for el in plot)
+
+
+# The views drawn from a Frame, by tab, and the *_data method each reads
+FRAMES = {
+    0: {"runs": "run_plots"},
+    2: {"attention": "attention_data", "ln": "ln_data", "sgld": "chain_data"},
+}
+# A view's layout: new data of the same layout is drawn in place (Frame)
+LAYOUTS = {
+    "runs": lambda plots: ({k: _elements(p) for k, p in plots[0].items()}, tuple(plots[1])),
+    "attention": lambda a: (a.sizes, tuple(map(str, a.query_pos.values)), tuple(map(str, a.key_pos.values))),
+    "ln": lambda arrays: tuple((str(n), da.shape) for n, da in arrays.items()),
+    "sgld": lambda chains: (
+        chains[0].shape,
+        tuple(_chain_labels(chains[0], chains[1])),
+        tuple(chains[1].columns),
+    ),
+}
 
 
 def build_app(paths: list[str] | None = None) -> pn.viewable.Viewable:

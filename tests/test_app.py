@@ -225,24 +225,57 @@ def test_each_switch_redraws_each_view_at_most_once(explorer, runs, monkeypatch)
     assert len(roots) == len(views)
     steps = explorer.param.step.objects
     variables = list(explorer.param.variable.objects.values())
-    for change, expected in (
-        (
-            lambda: setattr(explorer, "runs", [paths[1]]),
-            {"run_curves", "variable_data", "attention_data", "ln_data", "chain_data"},
-        ),
-        (
-            lambda: setattr(explorer, "variable", next(v for v in variables if v != explorer.variable)),
-            {"variable_data"},
-        ),
-        (
-            lambda: setattr(explorer, "step", next(s for s in steps if s != explorer.step)),
-            {"attention_data", "ln_data", "chain_data"},
-        ),
-        (lambda: explorer.refresh(), {"run_curves", "variable_data", "attention_data", "ln_data", "chain_data"}),
+    shown = {0: {"run_curves"}, 1: {"variable_data"}, 2: {"attention_data", "ln_data", "chain_data"}}
+    for tab, change, expected in (
+        (0, lambda: setattr(explorer, "runs", [paths[1]]), set().union(*shown.values())),
+        (1, lambda: setattr(explorer, "variable", next(v for v in variables if v != explorer.variable)), shown[1]),
+        (2, lambda: setattr(explorer, "step", next(s for s in steps if s != explorer.step)), shown[2]),
+        (0, lambda: explorer.refresh(), set().union(*shown.values())),
     ):
+        explorer.tab = tab
         calls.clear()
         change()
+        # the views in sight redraw now; hidden ones once, when their tab is shown
+        assert calls == dict.fromkeys(expected & shown[tab], 1), calls
+        for other in (0, 1, 2, tab):
+            explorer.tab = other
         assert calls == dict.fromkeys(expected, 1), calls
+
+
+def test_a_new_step_redraws_the_checkpoint_plots_in_place(explorer):
+    """Same heads, parameters and chains: a step changes the drawn Bokeh sources and titles,
+    it builds no new figures (building them was most of a step's cost)."""
+    from bokeh.models import ColumnDataSource, Plot
+
+    explorer.tab = 2  # the checkpoint tab, where the step slider is
+    root = pn.panel(explorer.sgld_view).get_root()
+    figures = [m for m in root.references() if isinstance(m, Plot)]
+    step = next(s for s in explorer.param.step.objects if s != explorer.step)
+    explorer.step = step
+    assert [m for m in root.references() if isinstance(m, Plot)] == figures
+    assert figures[0].title.text.startswith(f"Online LLC estimate of each SGLD chain at step {step} ")
+    trace = xr.open_zarr(explorer.lead, group="llc").llc_trace.sel(step=step).values
+    drawn = [m.data["llc"] for m in root.references() if isinstance(m, ColumnDataSource) and "llc" in m.data]
+    assert sorted(np.asarray(d)[-1] for d in drawn) == pytest.approx(sorted(trace[:, -1]))
+
+
+def test_another_seed_redraws_the_runs_plots_in_place(explorer, runs):
+    from bokeh.models import ColumnDataSource, LegendItem, Plot
+
+    _, paths = runs
+    explorer.runs = [paths[0]]
+    root = pn.panel(explorer.runs_view).get_root()
+    figures = [m for m in root.references() if isinstance(m, Plot)]
+    layout = explorer.frames["runs"].key
+    explorer.runs = [paths[1]]
+    assert explorer.frames["runs"].key == layout  # seeds of one config: the same plots, other data
+    assert [m for m in root.references() if isinstance(m, Plot)] == figures
+    legend = {i.label.value for i in root.references() if isinstance(i, LegendItem)}
+    assert app.run_name(paths[1]) in legend and app.run_name(paths[0]) not in legend
+    ev = xr.open_zarr(paths[1], group="eval")
+    drawn = next(m.data for m in root.references() if isinstance(m, ColumnDataSource) and "test_loss" in m.data)
+    np.testing.assert_allclose(drawn["test_loss"], ev.test_loss.sel(step=drawn["step"]).values, rtol=1e-6)
+    assert set(drawn["run"]) == {app.run_name(paths[1])}
 
 
 def test_checkpoint_view_snaps_to_stored_checkpoints(explorer):
@@ -255,7 +288,7 @@ def test_checkpoint_view_snaps_to_stored_checkpoints(explorer):
     assert a.dims == ("layer", "head", "query_pos", "key_pos")
     layout = explorer.attention_view()[1].object
     assert len(layout) == a.sizes["layer"] * a.sizes["head"]  # one heatmap per head
-    assert all(isinstance(el, hv.Image) for el in layout)
+    assert all(isinstance(el[()], hv.Image) for el in layout)  # DynamicMaps: drawn in place at each step
     assert set(explorer.ln_data()) == {v for v in xr.open_zarr(explorer.lead, group="params").data_vars if "ln" in v}
 
 
@@ -267,7 +300,7 @@ def test_chain_diagnostics_read_one_checkpoint_slab(explorer):
     assert table["diverged"].tolist() == [False, True, False]
     assert {"not_converged", "escaped", "llc_ess", "split R-hat"} <= set(table.columns)
     assert np.isclose(summary["llc_mean"], float(llc.llc_mean.sel(step=explorer.step)))
-    labels = [c.label for c in explorer.sgld_view()[0].object]
+    labels = [c.label for c in explorer.sgld_view()[0].object[()]]
     assert "chain 1 (diverged)" in labels
 
 
@@ -362,7 +395,7 @@ def test_a_language_run_is_served_through_the_setting_seam(lm_run):
     assert a.query_pos.dtype.kind in "UO" and a.sizes["layer"] == store.config["model"]["n_layers"]
     layout = ex.attention_view()[1].object
     assert len(layout) == a.sizes["layer"] * a.sizes["head"]
-    ticks = dict(layout[0].opts.get().kwargs["yticks"])
+    ticks = dict(layout[0][()].opts.get().kwargs["yticks"])
     assert list(ticks.values()) == [str(v) for v in a.query_pos.values] and ticks[0].endswith("<bos>")
     assert "eval/test_loss" in ex.param.variable.objects.values()
 
