@@ -706,7 +706,14 @@ class StagesExplorer(pn.viewable.Viewer):
         """The selection (``dims``) of the explored variable, read: only these chunks, only these
         labels, stacked into ``line`` when it has other dims."""
         da = self.variable_array()
-        ds = self.dataset(self.lead, self.variable.split("/", 1)[0])
+        group = self.variable.split("/", 1)[0]
+        if not da.sizes["step"]:
+            command = {"observables": "observe", "eval": "train", "params": "train"}.get(group, group)
+            raise MissingData(
+                f"no checkpoint of {self.variable} is done yet in {run_name(self.lead)}; "
+                f"`devarray {command}` computes it"
+            )
+        ds = self.dataset(self.lead, group)
         for d, chosen in self.selected_dims().items():
             labels = _labels(ds, d)
             da = da.isel({d: [labels.index(v) for v in chosen]})

@@ -197,9 +197,23 @@ def test_a_new_observable_appears_after_a_refresh(explorer, runs):
         explorer.refresh()
         assert "observables/my_obs" in explorer.param.variable.objects
         explorer.variable = "observables/my_obs"
-        assert isinstance(explorer.variable_view(), pn.Column)  # nothing done yet is still drawable
+        view = explorer.variable_view()  # nothing done yet: says so and what computes it
+        assert isinstance(view, pn.pane.Alert) and "no checkpoint of observables/my_obs is done yet" in view.object
+        assert "`devarray observe`" in view.object
+        store.add_variables(
+            "observables",
+            {
+                "my_obs_2d": VarSpec(("step", "layer"), "float32", {"long_name": "per layer", "units": "1"}),
+                "done_my_obs_2d": VarSpec(("step",), "bool", {"long_name": "done", "units": "1"}),
+            },
+        )
+        explorer.refresh()
+        explorer.variable = "observables/my_obs_2d"  # extra dims, nothing done: the same message
+        assert "no checkpoint of observables/my_obs_2d is done yet" in explorer.variable_view().object
     finally:
-        del store.root["observables/my_obs"], store.root["observables/done_my_obs"]
+        for name in ("my_obs", "done_my_obs", "my_obs_2d", "done_my_obs_2d"):
+            if name in store.root["observables"]:
+                del store.root[f"observables/{name}"]
         store.consolidate()
 
 
