@@ -167,7 +167,7 @@ def _cmd_demo(args) -> None:
     setting = get(args.setting)
     path = Path(args.out_dir) / f"{setting.name}-{args.preset}-s{args.seed}.zarr"
     compute = dict(workers=args.workers, progress=not args.quiet)
-    print(f"[1/5] training the {setting.title} model ({args.preset} preset) into {path}")
+    print(f"[1/5] training {setting.name} ({setting.title}, {args.preset} preset) into {path}")
     config = setting.config(args.preset, args.seed)
     print(format_summary(train(path, config, progress=not args.quiet)))
     # the sampler presets follow the training preset where the setting has one (tiny: a smoke run)

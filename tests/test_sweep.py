@@ -151,3 +151,57 @@ def test_several_stores_are_planned_first_and_submitted_in_one_batch(tmp_path, t
     for p in paths:
         assert list(RunStore.open(p, mode="r").done_steps("hessian")) == [0, 100]
     assert capsys.readouterr().out.count("over 2 checkpoints") == 2
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_driver_is_killed_resumes_with_nothing_recomputed(tmp_path, capsys):
+    """The driver and its cluster killed (SIGKILL) mid-LLC: the same command finishes only the
+    checkpoints that were not done, and those that were keep their bytes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["sweep", "lr", "--preset", "tiny", "--seeds", "0-1", "--set", "steps=40", "--out-dir", str(tmp_path)]
+    args += ["--workers", "2", "--pipelines", "llc", "--llc-preset", "quick", "--quiet"]  # quick: seconds a checkpoint
+    specs = sweep.grid("lr", "tiny", [0, 1], {"num_steps": [40]}, str(tmp_path))
+    n = len(specs[0].config().checkpoints())
+
+    def done_llc() -> dict:
+        out = {}
+        for spec in specs:
+            try:
+                out[spec.name] = RunStore.open(spec.location, mode="r").done_steps("llc")
+            except StoreError:
+                out[spec.name] = []
+        return out
+
+    code = "import sys; from devarray.cli import main; sys.exit(main(sys.argv[1:]))"
+    driver = subprocess.Popen([sys.executable, "-c", code, *args], start_new_session=True)
+    deadline = time.monotonic() + 600
+    while sum(len(s) for s in done_llc().values()) < 2:
+        assert driver.poll() is None and time.monotonic() < deadline, "the sweep ended before it could be killed"
+        time.sleep(0.2)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and every worker process of its cluster
+    driver.wait()
+    before = done_llc()
+    n_done = sum(len(s) for s in before.values())
+    assert 2 <= n_done < 2 * n
+    untrained = sum(not sweep.trained(spec) for spec in specs)
+    kept = {
+        name: RunStore.open(spec.location, mode="r").dataset("llc").llc_trace.sel(step=steps).values
+        for spec, (name, steps) in zip(specs, before.items())
+        if len(steps)
+    }
+
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"computed now: {untrained} train, {2 * n - n_done} llc tasks" in out
+    for spec in specs:
+        store = RunStore.open(spec.location, mode="r")
+        assert list(store.done_steps("llc")) == list(store.steps("params"))
+        if spec.name in kept:
+            again = store.dataset("llc").llc_trace.sel(step=before[spec.name]).values
+            np.testing.assert_array_equal(again, kept[spec.name])
+    assert main(["verify", *(str(s.location) for s in specs)]) == 0
