@@ -17,7 +17,7 @@ from test_train import assert_same_bytes
 
 from devarray.checkpoints import load_model
 from devarray.settings import get
-from devarray.settings.language import icl_score, lm_stage_check, next_token_loss
+from devarray.settings.language import icl_score, lm_stage_check, lm_stage_report, next_token_loss
 from devarray.slt import sgld_settings
 from devarray.store import RunStore
 from devarray.train import make_config, train
@@ -154,6 +154,14 @@ def test_stage_check_reads_bigram_and_induction_boundaries():
     assert not lm_stage_check(early, ev)["ok"]  # loss 5.0 at step 10 is far from the bigram entropy
     far = good.assign(boundary_step=("boundary", [300, 20000]))
     assert not lm_stage_check(far, ev)["ok"]  # no boundary within a factor 2 of induction
+    none = lm_stage_check(good.isel(boundary=slice(0, 0)), ev)
+    assert not none["ok"] and none["induction_step"] == 3000
+    assert lm_stage_report(none) == (
+        "no stage boundary found on this LLC curve; induction forms at step 3000 (ICL score < −0.1; -0.600 at the end)"
+    )
+    corpus = ev.copy()
+    corpus.attrs = {}  # a corpus run: no exact entropies, nothing to judge by
+    assert lm_stage_report(lm_stage_check(good, corpus)) is None
 
 
 def test_bad_language_options_get_one_line(tmp_path):
