@@ -966,7 +966,8 @@ def _user_message(error: DevarrayError, parser: argparse.ArgumentParser, command
     message = str(error)
     flag = _flag_names(parser, command).get(error.argument or "")
     if flag:
-        message = re.sub(rf"(?<![\w-]){re.escape(error.argument)}(?![\w])", flag, message)
+        # the name as a word of its own, never inside a path or a longer name (runs/corpus-run.zarr)
+        message = re.sub(rf"(?<![\w\-/.]){re.escape(error.argument)}(?![\w\-/.])", flag, message)
     return message
 
 

@@ -161,3 +161,16 @@ def test_fixed_sets_decode_and_round_trip(source, tmp_path):
     back = CorpusSource.load(source.save(tmp_path / "data"))
     assert torch.equal(back.batch_for_step(3, 4), source.batch_for_step(3, 4))
     assert torch.equal(back.dataset(10, "sgld"), sgld)
+
+
+def test_a_corpus_run_into_a_url_is_refused_in_one_line_before_anything_is_written(files, capsys):
+    from devarray.cli import main
+
+    url = "memory://runs/corpus-run.zarr"
+    status = main(["train", "lm", "--preset", "tiny", "--corpus", str(files[0] / "c.txt"), "--out", url])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and len(err.splitlines()) == 1
+    assert "keeps its tokenised corpus in a local folder" in err and "train it to a local path" in err
+    import fsspec
+
+    assert not fsspec.filesystem("memory").exists("/runs")

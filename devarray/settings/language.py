@@ -410,6 +410,13 @@ class LanguageSetting(Setting):
         """A corpus is tokenised once into ``<store>.corpus/`` (reused when the run resumes)."""
         if config.data["source"] != "corpus" or "contexts" in config.data:
             return config
+        from devarray.location import is_url
+
+        if is_url(store_path):
+            raise ConfigError(
+                f"a corpus run keeps its tokenised corpus in a local folder beside the store, so {store_path} "
+                "cannot hold one; train it to a local path (copy the store to object storage after)"
+            )
         out = Path(store_path).with_suffix(".corpus")
         if (out / "corpus.json").exists():
             from devarray.tasks.corpus import CorpusSource, load_corpus, tokenizer_hash
