@@ -117,10 +117,11 @@ def test_gp_slope_and_band_match_gpytorch(kernel, with_noise):
     h = 1e-4  # the input u spans (0, 1): 13 log steps per unit
     a0 = a.detach()
     both = torch.cat([a0 + h, a0 - h])
-    if with_noise:
+    if with_noise or fit.model.noise_trend:
         # gpytorch's eval-mode FixedNoise posterior leaves the learned extra noise out of the
-        # training covariance (1.15.2), unlike its marginal likelihood: build the posterior densely
-        # from the model's own kernel, warp and total noise instead
+        # training covariance (1.15.2), unlike its marginal likelihood, and its Gaussian likelihood
+        # has no trend: build the posterior densely from the model's own kernel, warp and total
+        # noise instead
         m_ = fit.model
         U = m_.train_inputs[0]
         kern = m_.covar_module
@@ -145,7 +146,8 @@ def test_gp_slope_and_band_match_gpytorch(kernel, with_noise):
     to_units = fit.y_scale / fit.x_scale
     np.testing.assert_allclose(mean, m.detach().numpy() * fit.y_scale + fit.y_mean, rtol=1e-10, atol=1e-9)
     np.testing.assert_allclose(slope, g.numpy() * to_units, rtol=1e-8, atol=1e-10)
-    np.testing.assert_allclose(sd, fd_var.sqrt().numpy() * to_units, rtol=1e-3)
+    # atol: the finite difference of a covariance loses ~1e-5 where the band is nearly closed
+    np.testing.assert_allclose(sd, fd_var.sqrt().numpy() * to_units, rtol=1e-3, atol=1e-4)
 
 
 def test_change_std_matches_gpytorch():
