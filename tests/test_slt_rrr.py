@@ -168,6 +168,7 @@ def test_llc_at_the_truth_is_aoyagis_lambda(MNHr, seed):
     assert float(ds.llc_mean) < 0.8 * sum(p.numel() for p in truth.parameters()) / 2
 
 
+@pytest.mark.slow  # 3 × 32 chains: ~25 s on one shared core
 def test_refined_llc_of_each_block_is_its_own_lambda_and_they_add_up():
     # the loss is the sum of the blocks' losses (inputs and outputs split), so K = K₁ + K₂ over
     # disjoint parameters: λ = λ₁ + λ₂ and each block's refined LLC (the other frozen at w*) is λ_k
@@ -185,3 +186,24 @@ def test_refined_llc_of_each_block_is_its_own_lambda_and_they_add_up():
     for name, lam in truths.items():
         assert llc[name] == pytest.approx(lam, rel=0.10), (name, seconds)
     assert llc["singular"] + llc["regular"] == pytest.approx(llc["all"], rel=0.10)
+
+
+@pytest.mark.slow
+def test_rmsprop_sgld_on_badly_scaled_inputs_where_plain_sgld_at_its_step_is_far_off():
+    # inputs 3 and 4 scaled ×100: the A-columns that read them are 10⁴ times stiffer (curvature of
+    # nβℓ up to κ ≈ nβ·2s·10⁴ = 4·10⁶), λ unchanged (A ↦ A·diag(scales) is a linear change of
+    # variables). Plain SGLD at ε = 10⁻⁶ sits at its stability edge εκ ≈ 4: it blows up or is far
+    # off, and its accurate step (εκ/4 ~ 1 %, ε ~ 10⁻⁸) would need ~10⁸ steps for the unscaled
+    # directions. RMSProp's G ∝ 1/rms(∇ℓ_m) shrinks the stiff coordinates' step by ~20× and grows the
+    # others' by ~3×: stiff εGκ/4 ≈ 5 %, the others relax in ~10³ steps. α = 0.999 and the raised
+    # divergence threshold for devinterp's v₀ = 0 first kick as in test_slt_refined.py's stiff quadratic.
+    MNHr, scales = (4, 3, 2, 2), (1.0, 1.0, 100.0, 100.0)
+    truth = rrr_truth(*MNHr, seed=2)
+    data = rrr_dataset(truth, N_ROWS, seed=3, input_scales=scales)
+    lam = float(rrr_learning_coefficient(*MNHr))
+    kw = dict(epsilon=1e-6, num_chains=64, divergence_threshold=1e5, seed=2)
+    pre, seconds = _llc(truth, data, sampler="rmsprop_sgld", rmsprop_alpha=0.999, **kw)
+    plain, _ = _llc(truth, data, **(kw | dict(num_draws=1000)))
+    assert not pre.diverged.any()
+    assert float(pre.llc_mean) == pytest.approx(lam, rel=0.12), seconds
+    assert bool(plain.all_diverged) or abs(float(plain.llc_mean) / lam - 1) > 0.5
