@@ -1,9 +1,16 @@
-"""Our LLC estimate against devinterp's, same settings, on a briefly trained regression transformer.
+"""Our LLC estimate against devinterp's, same settings, on a briefly trained regression transformer
+(``--setting lr``, the default) or attention-only language model (``--setting lm``).
 
 devinterp is not a dependency. Install it privately, without touching torch:
 
     pip install --no-deps --target /tmp/devinterp devinterp
     python benchmarks/compare_devinterp.py [--devinterp /tmp/devinterp] [--train-steps 1000]
+    python benchmarks/compare_devinterp.py --setting lm [--train-steps 300]
+
+``--setting lm`` trains the language setting's quick preset for ``--train-steps`` steps into a
+temporary store, loads its last checkpoint, and runs both samplers with the setting's own loss
+(per-token cross entropy averaged over positions, eq. 1), its fixed SGLD dataset and its quick LLC
+preset (C, m, T, burn-in, ε, nβ = m / log m, γ); ``--chains``/``--draws`` override the preset.
 
 devinterp 2.0.1's estimator entry points (``devinterp.slt.llc.llc`` → ``sampling.sample``)
 import ``transformers`` at module level and take Hugging Face datasets of ``input_ids``; where
@@ -22,8 +29,10 @@ import argparse
 import copy
 import math
 import sys
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,12 +56,28 @@ def train(steps: int) -> RegressionTransformer:
     return model
 
 
-def devinterp_llc(model, data, *, epsilon, nbeta, localization, batch_size, num_chains, num_draws, seed):
-    """devinterp's SGLD (SGMCMC.sgld) in devinterp's per-chain loop; returns per-chain LLCs."""
+def devinterp_llc(
+    model,
+    data,
+    *,
+    epsilon,
+    nbeta,
+    localization,
+    batch_size,
+    num_chains,
+    num_draws,
+    seed,
+    loss_fn=mse_loss,
+    num_burnin_steps=0,
+):
+    """devinterp's SGLD (SGMCMC.sgld) in devinterp's per-chain loop; returns per-chain LLCs.
+
+    Each chain takes ``num_burnin_steps + num_draws`` steps and keeps the last ``num_draws``
+    losses, as ``sample_single_chain`` does."""
     from devinterp.optim import SGMCMC
 
     dataset = torch.utils.data.TensorDataset(*data)
-    init = init_loss(model, mse_loss, data)
+    init = init_loss(model, loss_fn, data)
     per_chain = []
     for chain in range(num_chains):
         loader = torch.utils.data.DataLoader(
@@ -68,30 +93,67 @@ def devinterp_llc(model, data, *, epsilon, nbeta, localization, batch_size, num_
             warnings.simplefilter("ignore")
             opt = SGMCMC.sgld(m.parameters(), lr=epsilon, nbeta=nbeta, localization=localization)
         losses, feed = [], iter(())
-        while len(losses) < num_draws:
+        while len(losses) < num_burnin_steps + num_draws:
             try:
-                tokens, y = next(feed)
+                batch = next(feed)
             except StopIteration:
                 feed = iter(loader)
                 continue
             opt.zero_grad(set_to_none=True)
-            loss = mse_loss(m, tokens, y)
+            loss = loss_fn(m, *batch)
             loss.backward()
             losses.append(float(loss.detach()))
             opt.step(noise_generator=noise)
-        per_chain.append(nbeta * (np.mean(losses) - init))
+        per_chain.append(nbeta * (np.mean(losses[num_burnin_steps:]) - init))
     return np.array(per_chain)
+
+
+def lm_case(args, path: Path):
+    """The language setting's quick preset trained ``--train-steps`` steps into ``path``; its last
+    checkpoint, SGLD dataset, loss and quick LLC preset (C, T, burn-in optionally overridden)."""
+    from devarray.checkpoints import load_model
+    from devarray.settings import setting_for
+    from devarray.store import RunStore
+    from devarray.train import make_config
+    from devarray.train import train as train_run
+
+    args.train_steps = args.train_steps or 300
+    t = time.perf_counter()
+    train_run(path, make_config("lm", "quick", 0, num_steps=args.train_steps), progress=False)
+    store = RunStore.open(path, mode="r")
+    setting = setting_for(store.config)
+    step = int(store.done_steps("params")[-1])
+    model = load_model(store, step)
+    preset = setting.llc_presets_for(store.config)["quick"]
+    s = preset.settings()
+    data = setting.sgld_dataset(store.config, preset.dataset_size)
+    kw = dict(
+        epsilon=s.epsilon,
+        nbeta=s.nbeta,
+        localization=s.localization,
+        batch_size=s.batch_size,
+        num_chains=args.chains or s.num_chains,
+        num_draws=args.draws or s.num_draws,
+        num_burnin_steps=s.num_burnin_steps,
+    )
+    n_params = sum(p.numel() for p in model.parameters())
+    label = (
+        f"lm quick preset after {args.train_steps} AdamW steps (step {step}, {n_params:,} parameters, "
+        f"trained in {time.perf_counter() - t:.0f} s)"
+    )
+    return model, data, setting.loss, kw, label
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--devinterp", default="/tmp/devinterp", help="where devinterp was pip-installed with --target")
-    ap.add_argument("--train-steps", type=int, default=1000)
-    ap.add_argument("--chains", type=int, default=8)
-    ap.add_argument("--draws", type=int, default=300)
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--epsilon", type=float, default=1e-3)
-    ap.add_argument("--gamma-tilde", type=float, default=0.03)
+    ap.add_argument("--setting", default="lr", choices=["lr", "lm"])
+    ap.add_argument("--train-steps", type=int, help="default 1000 (lr), 300 (lm)")
+    ap.add_argument("--chains", type=int, help="default 8 (lr), the LLC preset's (lm)")
+    ap.add_argument("--draws", type=int, help="default 300 (lr), the LLC preset's (lm)")
+    ap.add_argument("--batch-size", type=int, default=256, help="lr only (lm: the preset's)")
+    ap.add_argument("--epsilon", type=float, default=1e-3, help="lr only (lm: the preset's)")
+    ap.add_argument("--gamma-tilde", type=float, default=0.03, help="lr only (lm: the preset's)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     if args.threads:
@@ -112,42 +174,56 @@ def main() -> None:
             f"comparing against devinterp.optim.SGMCMC.sgld in devinterp's chain loop"
         )
 
-    model = train(args.train_steps)
-    batch = RegressionTask(seed=0).dataset(2**14, "sgld")
-    data = (batch.x, batch.y)
-    m = args.batch_size
-    nbeta = m / math.log(m)
-    gamma = 2 * args.gamma_tilde / args.epsilon
-    kw = dict(
-        epsilon=args.epsilon,
-        nbeta=nbeta,
-        localization=gamma,
-        batch_size=m,
-        num_chains=args.chains,
-        num_draws=args.draws,
-    )
+    if args.setting == "lm":
+        tmp = tempfile.TemporaryDirectory()
+        model, data, loss_fn, kw, label = lm_case(args, Path(tmp.name) / "lm-quick.zarr")
+    else:
+        args.train_steps = args.train_steps or 1000
+        args.chains, args.draws = args.chains or 8, args.draws or 300
+        model = train(args.train_steps)
+        batch = RegressionTask(seed=0).dataset(2**14, "sgld")
+        data = (batch.x, batch.y)
+        loss_fn = mse_loss
+        m = args.batch_size
+        nbeta = m / math.log(m)
+        gamma = 2 * args.gamma_tilde / args.epsilon
+        kw = dict(
+            epsilon=args.epsilon,
+            nbeta=nbeta,
+            localization=gamma,
+            batch_size=m,
+            num_chains=args.chains,
+            num_draws=args.draws,
+        )
+        label = f"regression transformer after {args.train_steps} Adam steps"
+    burnin = kw.get("num_burnin_steps", 0)  # both samplers take the burn-in steps: they are timed
 
     def timed(fn, draws):
         t = time.perf_counter()
         out = fn(model, data, seed=0, **kw | dict(num_draws=draws))
-        return out, (time.perf_counter() - t) / (args.chains * draws)
+        return out, (time.perf_counter() - t) / (kw["num_chains"] * (burnin + draws))
 
     def ours_fn(model, data, **k):
-        return estimate_llc(model, mse_loss, data, warn=False, **k)
+        return estimate_llc(model, loss_fn, data, warn=False, **k)
+
+    def theirs_fn(model, data, **k):
+        return devinterp_llc(model, data, loss_fn=loss_fn, **k)
 
     ours_fn(model, data, **kw | dict(num_draws=2))  # first-call set-up
-    ours, t_ours = timed(ours_fn, args.draws)
-    theirs, t_theirs = timed(devinterp_llc, args.draws)
+    draws = kw["num_draws"]
+    ours, t_ours = timed(ours_fn, draws)
+    theirs, t_theirs = timed(theirs_fn, draws)
     # a second, shorter round in the opposite order; each sampler keeps its best time per chain-step
-    t_theirs = min(t_theirs, timed(devinterp_llc, args.draws // 3)[1])
-    t_ours = min(t_ours, timed(ours_fn, args.draws // 3)[1])
+    t_theirs = min(t_theirs, timed(theirs_fn, max(draws // 3, 1))[1])
+    t_ours = min(t_ours, timed(ours_fn, max(draws // 3, 1))[1])
 
     a, b = ours["llc_per_chain"].values, theirs
     se = math.hypot(a.std(ddof=1) / math.sqrt(len(a)), b.std(ddof=1) / math.sqrt(len(b)))
-    print(f"regression transformer after {args.train_steps} Adam steps, init loss {float(ours['init_loss']):.4f}")
+    eps, nbeta, gamma = kw["epsilon"], kw["nbeta"], kw["localization"]
+    print(f"{label}, init loss {float(ours['init_loss']):.4f}, {torch.get_num_threads()} threads")
     print(
-        f"settings: C={args.chains}, T={args.draws}, m={m}, ε={args.epsilon}, nβ={nbeta:.2f}, γ={gamma:.1f} "
-        f"(β̃={args.epsilon * nbeta / 2:.4f}, γ̃={args.gamma_tilde})"
+        f"settings: C={kw['num_chains']}, T={draws} (+{burnin} burn-in), m={kw['batch_size']}, n={len(data[0])}, "
+        f"ε={eps}, nβ={nbeta:.2f}, γ={gamma:.1f} (β̃={eps * nbeta / 2:.4f}, γ̃={eps * gamma / 2:.4f})"
     )
     print(f"{'':12} {'LLC mean':>9} {'std':>7} {'ms/chain-step':>14}")
     print(f"{'devarray':12} {a.mean():9.2f} {a.std():7.2f} {t_ours * 1e3:14.1f}   ({ours.attrs['method']} path)")
