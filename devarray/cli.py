@@ -834,7 +834,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument(
         "--tolerance",
         type=_number(float, low=0, low_ok=False, high=1, high_ok=False, what="a fraction strictly between 0 and 1"),
-        help="plateau tolerance: a saddle's |slope| as a fraction of its neighbouring movements' (0.15)",
+        help="plateau tolerance: a saddle's |slope| as a fraction of its neighbouring movements' "
+        "(default: devarray.stages.StageOptions.tolerance)",
     )
     st.add_argument("--wrt", choices=["log_step", "step"], help="differentiate in log step (default) or step")
     st.add_argument(

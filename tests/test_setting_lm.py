@@ -150,8 +150,18 @@ def test_stage_check_reads_bigram_and_induction_boundaries():
     good = xr.Dataset({"boundary_step": ("boundary", [300, 4000]), "boundary_kind": ("boundary", ["plateau", "min"])})
     c = lm_stage_check(good, ev)
     assert c["ok"] and c["induction_step"] == 3000 and c["induction_boundary"] == 4000
-    early = good.assign(boundary_step=("boundary", [10, 4000]))
-    assert not lm_stage_check(early, ev)["ok"]  # loss 5.0 at step 10 is far from the bigram entropy
+    early = good.assign(boundary_step=("boundary", [100, 4000]))
+    assert not lm_stage_check(early, ev)["ok"]  # loss 3.6 at step 100 is far from the bigram entropy
+    # a boundary where the loss is still at the unigram entropy ends an earlier stage, not LM1
+    three = xr.Dataset({"boundary_step": ("boundary", [10, 300, 4000])})
+    c = lm_stage_check(three, ev)
+    assert c["ok"] and c["unigram_boundary"] == 10 and c["boundary_step"] == 300
+    assert lm_stage_report(c).startswith(
+        "boundary at step 10 ends a unigram stage (test loss near the unigram entropy 5.000); next boundary at step "
+        "300: test loss 3.050, bigram entropy 3.000 (unigram 5.000) — bigram statistics learned (end of LM1)"
+    )
+    late = lm_stage_check(three.assign(boundary_step=("boundary", [10, 9000])), ev)
+    assert late["unigram_boundary"] == 10 and not late["bigram_ok"]  # loss 2.5 at 9000 is well past it
     far = good.assign(boundary_step=("boundary", [300, 20000]))
     assert not lm_stage_check(far, ev)["ok"]  # no boundary within a factor 2 of induction
     none = lm_stage_check(good.isel(boundary=slice(0, 0)), ev)

@@ -292,10 +292,12 @@ def test_dataarray_in_labelled_dataset_out():
     assert ds.smooth.attrs["units"] == "nats" and ds.slope.attrs["units"] == "nats per log step"
     assert ds.attrs["variable"] == "llc_mean"
     assert ds.attrs["option_tolerance"] == StageOptions().tolerance
-    # the tolerance is per boundary (issue #13): 15 % of the geometric mean of the neighbours' peaks
+    # the tolerance is per boundary (issue #13): a fraction of the geometric mean of the neighbours' peaks
     peaks = [np.abs(STAGED.slope(c)) for c in STAGED.c]
     np.testing.assert_allclose(
-        ds.boundary_slope_tolerance, 0.15 * np.sqrt(np.multiply(peaks[:-1], peaks[1:])), rtol=0.05
+        ds.boundary_slope_tolerance,
+        StageOptions().tolerance * np.sqrt(np.multiply(peaks[:-1], peaks[1:])),
+        rtol=0.05,
     )
     assert np.all((ds.boundary_significance > 0.5) & (ds.boundary_significance <= 1))
     assert 0 < ds.attrs["gp_noise_std"] < 5 and 0 < ds.attrs["gp_lengthscale"] <= ds.attrs["gp_lengthscale_max"]
