@@ -26,7 +26,7 @@ from . import observables as obs
 from . import store_observables
 from .checkpoints import load_state
 from .errors import StoreError, TrainingDiverged
-from .location import Location
+from .location import Location, is_url
 from .settings import RunConfig, get, setting_for
 from .store import RunStore, VarSpec
 
@@ -106,7 +106,7 @@ def train(
     with no store at all: the throughput baseline of ``benchmarks/train_throughput.py``."""
     setting = setting_for(config.to_dict())
     if write:
-        config = setting.prepare(config, path)
+        config = setting.prepare(config, path, local=not is_url(path))
     cfg = config.to_dict()
     model = setting.init_model(cfg)
     opt = setting.optimizer(model, cfg)

@@ -64,9 +64,10 @@ class Setting:
         """The run config of ``preset`` with ``overrides`` (None values ignored), validated."""
         raise NotImplementedError
 
-    def prepare(self, config: RunConfig, store_path) -> RunConfig:
+    def prepare(self, config: RunConfig, store_path, *, local: bool = True) -> RunConfig:
         """Make what the run's data need before training (e.g. tokenise a corpus beside the store)
-        and return the final config; by default nothing to do."""
+        and return the final config; by default nothing to do. ``local``: whether ``store_path``
+        is on this machine's file system (not a URL)."""
         return config
 
     def llc_presets_for(self, config: dict) -> dict:

@@ -406,13 +406,11 @@ class LanguageSetting(Setting):
         data.pop("seed", None)  # the language's seed is the run's
         return LanguageRun(seed=seed, preset=preset, schedule=replace(p.schedule, **sched), model=model, data=data)
 
-    def prepare(self, config: LanguageRun, store_path) -> LanguageRun:
+    def prepare(self, config: LanguageRun, store_path, *, local: bool = True) -> LanguageRun:
         """A corpus is tokenised once into ``<store>.corpus/`` (reused when the run resumes)."""
         if config.data["source"] != "corpus" or "contexts" in config.data:
             return config
-        from devarray.location import is_url
-
-        if is_url(store_path):
+        if not local:
             raise ConfigError(
                 f"a corpus run keeps its tokenised corpus in a local folder beside the store, so {store_path} "
                 "cannot hold one; train it to a local path (copy the store to object storage after)"
