@@ -533,7 +533,7 @@ def lm_stage_check(stages: xr.Dataset, evaluation: xr.Dataset) -> dict:
     if not stages.sizes.get("boundary", 0):
         return out
     b = stages.boundary_step.values.astype(int)
-    at = np.array([float(loss.sel(step=s, method="nearest")) for s in b])
+    at = loss.sel(step=b, method="nearest").values.astype(float)
     unigram = np.cumprod(np.abs(at - h1) <= 0.2 * (h1 - h2)).astype(bool)  # the leading ones only
     if unigram.any():
         out["unigram_boundary"] = int(b[unigram][-1])
