@@ -510,3 +510,16 @@ def test_no_boundary_on_null_curves(kind):
         find_stages(c.y, c.step, noise=c.se).sizes["boundary"] == 0 for c in (null_curve(kind, s) for s in range(20))
     )
     assert clean >= 19, clean  # ≥ 95 % of seeds
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_learned_noise_follows_a_trend_only_when_the_data_have_one(seed):
+    # noise sd growing 0.05 → 1.0 over log step is learned at both ends (within 40 %); a constant
+    # 0.3 keeps one level (the trend must buy a nat of evidence)
+    x = np.linspace(0, 12, 160)
+    curve = 40 / (1 + np.exp(-(x - 6) / 0.8))
+    z = np.random.default_rng(seed).standard_normal(160)
+    h = fit_gp(x, curve + 0.05 * 20 ** (x / 12) * z).hyperparameters
+    assert h["noise_std_first"] == pytest.approx(0.05, rel=0.4) and h["noise_std_last"] == pytest.approx(1.0, rel=0.4)
+    h = fit_gp(x, curve + 0.3 * z).hyperparameters
+    assert h["noise_std_first"] == h["noise_std_last"] == h["noise_std"] == pytest.approx(0.3, rel=0.15)
