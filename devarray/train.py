@@ -212,18 +212,28 @@ def _snapshot(model, opt: torch.optim.Optimizer, evaluator, probe, train_obs) ->
 
 
 def _write_checkpoint(store: RunStore, step: int, snap: dict, losses, lrs, first: int) -> None:
-    """Data first, done flags last; Adam's moments after the weights they belong to."""
-    store.write_slice("train", first, {"loss": losses, "lr": lrs})
-    store.write_slice("train", first, {"done": np.ones(len(losses), bool)})
-    store.write("params", step, snap["params"])
-    store.write("eval", step, snap["eval"])
-    store.mark_done("params", step)
-    store.mark_done("eval", step)
-    if "observables" in snap:
-        store_observables.write(store, step, snap["observables"])
-    if snap["optimizer"]:
-        store.write("optimizer", step, snap["optimizer"])
-    store.mark_done("optimizer", step)
+    """Every array's data in one concurrent batch, then every done flag in a second: a kill at any
+    moment leaves each checkpoint either done with all its data or not done."""
+    steps = slice(first, first + len(losses))
+    observables = snap.get("observables", {})
+    store.write_regions(
+        [
+            ("train", steps, {"loss": losses, "lr": lrs}),
+            ("params", step, snap["params"]),
+            ("eval", step, snap["eval"]),
+            *((store_observables.GROUP, step, arrays) for arrays in observables.values()),
+            *([("optimizer", step, snap["optimizer"])] if snap["optimizer"] else []),
+        ]
+    )
+    store.write_regions(
+        [
+            ("train", steps, {"done": np.ones(len(losses), bool)}),
+            ("params", step, {"done": True}),
+            ("eval", step, {"done": True}),
+            *((store_observables.GROUP, step, {store_observables.done_flag(n): True}) for n in observables),
+            ("optimizer", step, {"done": True}),
+        ]
+    )
 
 
 def _restore(store: RunStore, model, opt: torch.optim.Optimizer) -> int:
