@@ -121,6 +121,21 @@ def test_the_heads_of_a_layer_partition_its_attention_weights(setting):
     assert {r.size(model) for r in heads} == {per_head}
 
 
+def test_stacked_heads_of_the_language_model_give_each_head_its_numbers_alone():
+    # on the loop each restriction's rows differentiate only its own tensors: the same numbers
+    s = get("lm")
+    cfg = s.config("tiny").to_dict()
+    model = s.build_model(cfg)
+    tokens = torch.randint(0, model.cfg.d_vocab, (16, model.cfg.n_ctx), generator=torch.Generator().manual_seed(0))
+    vocab = s.restrictions(model)
+    heads = [vocab["head 0.1"], vocab["head 1.0"], vocab["layer 1 attn"]]
+    settings = sgld_settings(batch_size=8, nbeta=5.0, epsilon=1e-3, localization=100.0, num_chains=2, num_draws=6)
+    stacked = run_chains(model, next_token_loss, (tokens,), settings, method="loop", restrictions=heads)
+    for r, head in enumerate(heads):
+        alone = run_chains(model, next_token_loss, (tokens,), settings, method="loop", restrictions=[head])
+        assert torch.equal(stacked.loss[2 * r : 2 * r + 2], alone.loss)
+
+
 class _SilencedHead(Attention):
     """The attention of the language model with head ``silent``'s output multiplied by zero."""
 
