@@ -413,7 +413,7 @@ class RunStore:
             zarr_sync(put_all())
 
     def mark_done(self, group: str, step: int, flag: str = "done") -> None:
-        self.array(group, flag)[self.index_of(group, step)] = True
+        self.write_regions([(group, step, {flag: True})])
 
     def done_steps(self, group: str, flag: str = "done") -> np.ndarray:
         """Steps whose ``flag`` is set and, in groups that record provenance, whose results carry

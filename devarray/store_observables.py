@@ -80,11 +80,18 @@ def values(ds: xr.Dataset, names: list[str]) -> dict[str, dict[str, np.ndarray]]
     return out
 
 
+def regions(step: int, vals: dict[str, dict[str, np.ndarray]]) -> tuple[list, list]:
+    """One checkpoint's observables as ``RunStore.write_regions`` regions: (data, done flags)."""
+    data = [(GROUP, step, arrays) for arrays in vals.values()]
+    flags = [(GROUP, step, {done_flag(name): True for name in vals})] if vals else []
+    return data, flags
+
+
 def write(store: RunStore, step: int, vals: dict[str, dict[str, np.ndarray]]) -> None:
-    """Write each observable's variables for one checkpoint, then its done flag."""
-    for name, arrays in vals.items():
-        store.write(GROUP, step, arrays)
-        store.mark_done(GROUP, step, flag=done_flag(name))
+    """Write each observable's variables for one checkpoint, then their done flags."""
+    data, flags = regions(step, vals)
+    store.write_regions(data)
+    store.write_regions(flags)
 
 
 def check_probe(store: RunStore, name: str, probe_attrs: dict) -> None:

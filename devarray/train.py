@@ -215,13 +215,13 @@ def _write_checkpoint(store: RunStore, step: int, snap: dict, losses, lrs, first
     """Every array's data in one concurrent batch, then every done flag in a second: a kill at any
     moment leaves each checkpoint either done with all its data or not done."""
     steps = slice(first, first + len(losses))
-    observables = snap.get("observables", {})
+    observables, observables_done = store_observables.regions(step, snap.get("observables", {}))
     store.write_regions(
         [
             ("train", steps, {"loss": losses, "lr": lrs}),
             ("params", step, snap["params"]),
             ("eval", step, snap["eval"]),
-            *((store_observables.GROUP, step, arrays) for arrays in observables.values()),
+            *observables,
             *([("optimizer", step, snap["optimizer"])] if snap["optimizer"] else []),
         ]
     )
@@ -230,7 +230,7 @@ def _write_checkpoint(store: RunStore, step: int, snap: dict, losses, lrs, first
             ("train", steps, {"done": np.ones(len(losses), bool)}),
             ("params", step, {"done": True}),
             ("eval", step, {"done": True}),
-            *((store_observables.GROUP, step, {store_observables.done_flag(n): True}) for n in observables),
+            *observables_done,
             ("optimizer", step, {"done": True}),
         ]
     )

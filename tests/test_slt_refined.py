@@ -122,7 +122,8 @@ def test_the_heads_of_a_layer_partition_its_attention_weights(setting):
 
 
 def test_stacked_heads_of_the_language_model_give_each_head_its_numbers_alone():
-    # on the loop each restriction's rows differentiate only its own tensors: the same numbers
+    # chain c of every head uses chain c's batches and noise, and a row's gradient is read at its own
+    # head's coordinates only: a head's numbers do not depend on which heads run beside it
     s = get("lm")
     cfg = s.config("tiny").to_dict()
     model = s.build_model(cfg)
