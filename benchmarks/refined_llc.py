@@ -40,6 +40,8 @@ from devarray.train import make_config, train
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--store", help="a language-model run store (default: train the tiny preset here)")
+    p.add_argument("--preset", default="tiny", help="training preset of the model when no --store (tiny, quick)")
+    p.add_argument("--train-steps", type=int, help="train the preset this many steps instead of its own")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--dataset-size", type=int, default=1024)
@@ -49,11 +51,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     tmp = tempfile.TemporaryDirectory()
-    path = args.store or str(Path(tmp.name) / "lm-tiny-s0.zarr")
-    if not args.store:
+    path = args.store
+    if not path:
         t = time.perf_counter()
-        train(path, make_config("lm", "tiny", seed=0), progress=False)
-        print(f"trained the tiny LM in {time.perf_counter() - t:.1f} s -> {path}")
+        overrides = {"num_steps": args.train_steps} if args.train_steps else {}
+        path = str(Path(tmp.name) / f"lm-{args.preset}-s0.zarr")
+        train(path, make_config("lm", args.preset, seed=0, **overrides), progress=False)
+        print(f"trained the {args.preset} LM in {time.perf_counter() - t:.1f} s -> {path}")
     store = RunStore.open(path, mode="r")
     setting = setting_for(store.config)
     step = int(store.done_steps("params")[-1])
@@ -72,9 +76,11 @@ def main() -> None:
         f"n={args.dataset_size}, {torch.get_num_threads()} threads"
     )
 
-    def run(restrictions=None, method="auto"):
+    def run(restrictions=None, method="auto", stack=None):
         t = time.perf_counter()
-        ds = estimate_llc(model, setting.loss, data, settings, method=method, warn=False, restrictions=restrictions)
+        ds = estimate_llc(
+            model, setting.loss, data, settings, method=method, warn=False, restrictions=restrictions, stack=stack
+        )
         return time.perf_counter() - t, ds
 
     cases = {
@@ -82,6 +88,7 @@ def main() -> None:
         "full (auto)": lambda: run(),
         "one head (loop)": lambda: run(restricted[:1], "loop"),
         "heads stacked (loop)": lambda: run(restricted, "loop"),
+        "heads shared": lambda: run(restricted, stack=setting.restriction_stack),
     }
     if args.batched:
         cases["heads stacked (batched)"] = lambda: run(restricted, "batched")
@@ -98,6 +105,7 @@ def main() -> None:
     for name, seconds in best.items():
         print(f"{name:<26} {seconds:>8.2f} {seconds / base:>7.2f}  {methods[name]}")
     print(f"{len(heads)} heads: stacked costs {best['heads stacked (loop)'] / base:.2f}x one full estimate (loop)")
+    print(f"{len(heads)} heads: shared costs {best['heads shared'] / base:.2f}x one full estimate (loop)")
 
 
 if __name__ == "__main__":

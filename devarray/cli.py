@@ -769,9 +769,10 @@ def build_parser() -> argparse.ArgumentParser:
     ll.add_argument("--rmsprop-eps", type=POSITIVE, help="δ in G = 1/(√v + δ) (rmsprop_sgld; default 0.1)")
     ll.add_argument(
         "--method",
-        choices=["auto", "batched", "loop"],
+        choices=["auto", "batched", "loop", "shared"],
         default="auto",
-        help="SGLD path: all chains in one vmap call, a loop over chains, or chosen by rule (default; see slt/sgld.py)",
+        help="SGLD path: all chains in one vmap call, a loop over chains, each chain's restrictions in one call "
+        "sharing what none of them moves (attention heads), or chosen by rule (default; see slt/sgld.py)",
     )
     ll.add_argument(
         "--compile",

@@ -26,7 +26,7 @@ from devarray.errors import StoreError
 from devarray.models.attention import attention_implementation
 from devarray.settings import setting_for
 from devarray.slt import SGLDSettings, estimate_llc
-from devarray.slt.sgld import choose_method
+from devarray.slt.sgld import choose_method, shared_rows
 from devarray.store import RunStore, VarSpec
 
 from .runner import (
@@ -78,6 +78,7 @@ def _estimate(
                 label=f"step {step}",
                 warn=False,
                 restrictions=[vocabulary[r] for r in restrictions] if restrictions else None,
+                stack=setting.restriction_stack,
             )
         )
     ds = parts[0] if data is None else xr.concat(parts, dim="data").assign_coords(data=np.array(data, dtype=object))
@@ -124,14 +125,19 @@ def sampler_attrs(
     setting = setting_for(store.config)
     example = setting.sgld_dataset(store.config, settings.batch_size)
     rows = settings.num_chains * (len(restrictions) if restrictions else 1)
-    path = choose_method(
-        method, torch.device("cpu"), example, rows, stacked=bool(restrictions) and len(restrictions) > 1
-    )
     model = setting.build_model(store.config)
     model.fused_attention = True
+    vocabulary = setting.restrictions(model) if restrictions else {}
+    resolved = [vocabulary[r] for r in restrictions] if restrictions else None
+    shared = shared_rows(model, setting.loss, resolved, setting.restriction_stack, method, compile)
+    rest = len(restrictions or ()) - len(shared)
+    if shared:
+        rows = settings.num_chains * rest
+    several = bool(restrictions) and rest > 1
+    path = choose_method("auto" if method == "shared" else method, torch.device("cpu"), example, rows, stacked=several)
+    path = "shared" if shared and not rest else f"shared+{path}" if shared else path
     refined = {}
     if restrictions:
-        vocabulary = setting.restrictions(model)
         refined |= {
             "restrictions": list(restrictions),
             "restriction_size": [vocabulary[r].size(model) for r in restrictions],

@@ -153,3 +153,18 @@ def test_stages_and_figures_of_a_refined_group(store, tmp_path):
     np.testing.assert_array_equal(curves.llc_mean.sel(step=steps), ds.llc_mean.sel(restriction="all"))
     with pytest.raises(ValueError, match="restriction dim"):
         plots.refined_figure(ds.sel(restriction="all"))
+
+
+def test_heads_of_the_language_model_run_on_the_shared_path_and_say_so(tmp_path):
+    from devarray.train import make_config, train
+
+    path = tmp_path / "lm.zarr"
+    train(path, make_config("lm", "tiny", seed=0, num_steps=8), progress=False)
+    llc.run(path, SETTINGS, restrictions=["heads"], **RUN)
+    ds = xr.open_zarr(path, group="llc")
+    assert ds.attrs["method"] == "shared" and ds.attrs["attention"] == "sdpa"
+    assert np.isfinite(ds.llc_mean.values).all() and ds.llc_mean.dims == ("step", "restriction")
+    # with "all" beside the heads, the heads share and "all" runs alone
+    names = list(ds.restriction.values) + ["all"]
+    attrs = llc.sampler_attrs(RunStore.open(path), SETTINGS, 0, 256, None, restrictions=names)
+    assert attrs["method"].startswith("shared+")

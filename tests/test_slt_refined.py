@@ -282,3 +282,66 @@ def test_auto_runs_stacked_restrictions_on_the_loop_on_a_cpu():
     assert choose_method("auto", torch.device("cpu"), example, 64, stacked=True) == "loop"
     assert choose_method("auto", torch.device("cpu"), example, 8) == "batched"
     assert choose_method("auto", torch.device("cuda"), example, 64, stacked=True) == "batched"
+
+
+def _tiny_lm_heads():
+    s = get("lm")
+    model = s.build_model(s.config("tiny").to_dict())
+    model.fused_attention = True
+    tokens = torch.randint(0, model.cfg.d_vocab, (16, model.cfg.n_ctx), generator=torch.Generator().manual_seed(0))
+    vocab = s.restrictions(model)
+    heads = [vocab[h] for h in s.restriction_groups(model)["heads"]]
+    return s, model, tokens, heads
+
+
+def test_the_shared_path_gives_each_head_its_own_gradient_and_loss():
+    # every head's row computed in one call on a shared batch equals that head's weights swapped
+    # into the model and differentiated alone, at points off w* (each row's head moved)
+    from devarray.slt.sgld import _restricted
+
+    s, model, tokens, heads = _tiny_lm_heads()
+    heads = heads[::-1]  # rows in any order of layers
+    flat, masks = _restricted(model, next_token_loss, heads)
+    stack = s.restriction_stack(model, flat, heads)
+    w = flat.w0 + 0.05 * torch.randn(len(heads), flat.dim, generator=torch.Generator().manual_seed(1)) * masks
+    grad, loss = stack(w, tokens)
+    for r in range(len(heads)):
+        wr = w[r].clone().requires_grad_()
+        expected = flat(wr, tokens)
+        (g,) = torch.autograd.grad(expected, wr)
+        torch.testing.assert_close(loss[r], expected.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grad[r], g * masks[r], rtol=1e-4, atol=1e-6)
+    assert torch.all(grad[~masks] == 0)
+
+
+def test_auto_takes_the_shared_path_for_heads_and_gets_the_loops_llcs():
+    s, model, tokens, heads = _tiny_lm_heads()
+    kw = dict(batch_size=8, nbeta=5.0, epsilon=1e-3, localization=100.0, num_chains=2, num_draws=8, warn=False)
+    shared = estimate_llc(model, next_token_loss, (tokens,), restrictions=heads, stack=s.restriction_stack, **kw)
+    loop = estimate_llc(model, next_token_loss, (tokens,), restrictions=heads, method="loop", **kw)
+    assert shared.attrs["method"] == "shared" and loop.attrs["method"] == "loop"
+    # the same chains up to float rounding of the sum over heads
+    np.testing.assert_allclose(shared.llc_per_chain, loop.llc_per_chain, rtol=1e-3, atol=1e-3)
+
+
+def test_heads_beside_other_restrictions_share_and_the_others_run_alone():
+    from devarray.slt.restrictions import everything
+    from devarray.slt.sgld import _restricted
+
+    s, model, tokens, heads = _tiny_lm_heads()
+    mixed = [heads[0], everything(model), heads[5]]
+    assert s.restriction_stack(model, _restricted(model, next_token_loss, mixed)[0], mixed) is None
+    kw = dict(batch_size=8, nbeta=5.0, epsilon=1e-3, localization=100.0, num_chains=2, num_draws=4, warn=False)
+    ds = estimate_llc(model, next_token_loss, (tokens,), restrictions=mixed, stack=s.restriction_stack, **kw)
+    # the ordinary LLC in the stack is the plain sampler's, bitwise; the heads are the loop's, to rounding
+    plain = estimate_llc(model, next_token_loss, (tokens,), **kw)
+    assert ds.attrs["method"] == "shared+" + plain.attrs["method"]
+    assert list(ds.restriction.values) == ["head 0.0", "all", "head 1.1"]
+    assert ds.attrs["restriction_size"] == [r.size(model) for r in mixed]
+    assert ds.llc_per_chain.sel(restriction="all").values.tobytes() == plain.llc_per_chain.values.tobytes()
+    loop = estimate_llc(model, next_token_loss, (tokens,), restrictions=mixed, method="loop", **kw)
+    np.testing.assert_allclose(ds.llc_per_chain, loop.llc_per_chain, rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="shared"):
+        estimate_llc(
+            model, next_token_loss, (tokens,), restrictions=[heads[0], everything(model)], method="shared", **kw
+        )

@@ -23,4 +23,5 @@ def attention_implementation(model: nn.Module, method: str, compile: bool = Fals
     """Which attention a first-derivative pass of ``model`` runs on SGLD path ``method``:
     "sdpa" or "explicit" (recorded with every LLC estimate)."""
     fused = bool(getattr(model, "fused_attention", False))
-    return "sdpa" if fused and method == "loop" and not compile else "explicit"
+    paths = set(method.split("+"))  # "shared+loop": heads shared, the other restrictions alone
+    return "sdpa" if fused and paths <= {"loop", "shared"} and not compile else "explicit"

@@ -108,15 +108,28 @@ class Attention(nn.Module):
         q = torch.einsum("btd,hde->bhte", qk_in, self.W_Q) + self.b_Q[:, None]
         k = torch.einsum("btd,hde->bhte", qk_in, self.W_K) + self.b_K[:, None]
         v = torch.einsum("btd,hde->bhte", v_in, self.W_V) + self.b_V[:, None]
-        if self.fused and not need_weights and sdpa_applies(q):
-            z, pattern = F.scaled_dot_product_attention(q, k, v, is_causal=True), None
-        else:
-            T = q.shape[-2]
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
-            causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-            pattern = F.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
-            z = pattern @ v
+        z, pattern = self.attend(q, k, v, need_weights)
         return torch.einsum("bhte,hed->btd", z, self.W_O) + self.b_O, pattern
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, need_weights: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Causal attention of (…, T, E) queries, keys and values: (z, pattern or None)."""
+        if self.fused and not need_weights and sdpa_applies(q):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True), None
+        T = q.shape[-2]
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+        causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+        pattern = F.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+        return pattern @ v, pattern
+
+    def head_outputs(self, qk_in: torch.Tensor, v_in: torch.Tensor) -> torch.Tensor:
+        """Each head's contribution to the residual stream, (B, H, T, D), without ``b_O``."""
+        q = torch.einsum("btd,hde->bhte", qk_in, self.W_Q) + self.b_Q[:, None]
+        k = torch.einsum("btd,hde->bhte", qk_in, self.W_K) + self.b_K[:, None]
+        v = torch.einsum("btd,hde->bhte", v_in, self.W_V) + self.b_V[:, None]
+        z, _ = self.attend(q, k, v, need_weights=False)
+        return torch.einsum("bhte,hed->bhtd", z, self.W_O)
 
 
 class AttentionOnlyBlock(nn.Module):
@@ -194,6 +207,50 @@ class AttentionOnlyTransformer(nn.Module):
             patterns.append(pattern)
         logits = self.ln_final(resid) @ self.unembed.W_U + self.unembed.b_U
         return (logits, patterns) if return_attention else logits
+
+    def head_rows_logits(
+        self, tokens: torch.Tensor, heads: list[tuple[int, int]], weights: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Logits ``(R, batch, pos, d_vocab)`` of R copies of the model on one batch, copy r with the
+        weights of head ``heads[r] = (layer, head)`` replaced by ``weights[w][r]`` for w in W_Q, W_K,
+        W_V (d_model, d_head) and W_O (d_head, d_model); every other weight is the model's.
+
+        The weight-refined LLC of every head (:mod:`devarray.slt.restrictions`) samples R such
+        copies on a shared minibatch: what no copy changes — the residual stream up to a head's
+        layer and the other heads' outputs there — is computed once for all of them, and each copy
+        computes its own head, the layers above and the unembedding. The result equals ``self``
+        with the weights swapped in (to float rounding; tested)."""
+        T = tokens.shape[-1]
+        pos = self.pos_embed.W_pos[:T]
+        layer_of = torch.tensor([layer for layer, _ in heads])
+        rows, order = None, []  # the residual streams of copies whose head lies below, in `order`
+        resid = self.embed.W_E[tokens]  # the shared stream, every head at w
+        for i, block in enumerate(self.blocks):
+            if rows is not None:  # copies that differ below: the whole layer, batched over copies
+                rows = block(rows.flatten(0, 1), pos, need_weights=False)[0].view_as(rows)
+            here = torch.nonzero(layer_of == i).flatten().tolist()
+            if not here:
+                if int(layer_of.max()) > i:  # a copy's head lies above: the shared stream goes on
+                    resid = block(resid, pos, need_weights=False)[0]
+                continue
+            attn = block.attn
+            x = block.ln1(resid)
+            qk = x + pos
+            per_head = attn.head_outputs(qk, x)  # (B, H, T, D)
+            total = resid + per_head.sum(1) + attn.b_O
+            h = torch.tensor([heads[r][1] for r in here])
+            W = {w: weights[w][here] for w in ("W_Q", "W_K", "W_V", "W_O")}
+            q = torch.einsum("btd,rde->rbte", qk, W["W_Q"]) + attn.b_Q[h][:, None, None]
+            k = torch.einsum("btd,rde->rbte", qk, W["W_K"]) + attn.b_K[h][:, None, None]
+            v = torch.einsum("btd,rde->rbte", x, W["W_V"]) + attn.b_V[h][:, None, None]
+            z, _ = attn.attend(q, k, v, need_weights=False)
+            own = torch.einsum("rbte,red->rbtd", z, W["W_O"])
+            new = total - per_head[:, h].movedim(1, 0) + own  # (R_here, B, T, D)
+            rows = new if rows is None else torch.cat([rows, new])
+            order += here
+            resid = total
+        logits = self.ln_final(rows) @ self.unembed.W_U + self.unembed.b_U
+        return logits[torch.argsort(torch.tensor(order))]
 
     def attention_patterns(self, tokens: torch.Tensor) -> torch.Tensor:
         """Attention patterns ``(layer, batch, head, query, key)``, always the explicit softmax."""

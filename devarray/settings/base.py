@@ -159,6 +159,12 @@ class Setting:
         "all" and whatever the model's parts are called ("embed", "head 0.3", ...)."""
         return {ALL: everything(model)}
 
+    def restriction_stack(self, model: nn.Module, flat, restrictions):
+        """The SGLD "shared" path for these restrictions of ``model`` (a
+        :data:`devarray.slt.sgld.StackFn` over ``flat``: every restriction's row on one batch, the
+        part no restriction moves computed once), or None to run each row alone; none by default."""
+        return None
+
     def restriction_groups(self, model: nn.Module) -> dict[str, list[str]]:
         """Names that stand for several restrictions ("heads": every head); none by default."""
         return {}

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -43,7 +45,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from devarray.errors import ConfigError
-from devarray.models.attention_only import AttentionOnlyConfig, AttentionOnlyTransformer
+from devarray.models.attention_only import Attention, AttentionOnlyConfig, AttentionOnlyTransformer
 from devarray.observables.language.probes import LanguageProbeData, probe_data
 from devarray.schedules import checkpoint_schedule
 from devarray.slt.presets import LLCPreset
@@ -245,6 +247,65 @@ def restriction_vocabulary(model: AttentionOnlyTransformer) -> dict[str, Restric
     vocab["ln_final"] = from_names(model, ["ln_final.w", "ln_final.b"], "ln_final")
     vocab["unembed"] = from_names(model, ["unembed.W_U", "unembed.b_U"], "unembed")
     return vocab
+
+
+_HEAD_WEIGHTS = ("W_Q", "W_K", "W_V", "W_O")
+# logits of at most this many elements per call of the shared path (float32: 512 MB); more rows
+# than fit are taken in chunks, each recomputing the shared prefix
+_ROW_ELEMENTS = 2**27
+
+
+def head_stack(model: AttentionOnlyTransformer, flat, restrictions) -> Callable | None:
+    """The "shared" SGLD path for restrictions that are each one attention head (``head L.H``, by
+    their masks, whatever their names): ``(w_rows, tokens) -> (grads, losses)`` for R rows of
+    ``flat`` on one batch, through :meth:`AttentionOnlyTransformer.head_rows_logits` and eq. (1)'s
+    loss; None for any other restriction, or a model whose modules compute something else."""
+    if type(model) is not AttentionOnlyTransformer or any(type(b.attn) is not Attention for b in model.blocks):
+        return None
+    vocab = restriction_vocabulary(model)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    known = {(i, h): vocab[f"head {i}.{h}"].masks for i in range(L) for h in range(H)}
+
+    def same(a, b) -> bool:
+        return set(a) == set(b) and all(a[k] is not None and torch.equal(a[k], m) for k, m in b.items())
+
+    heads = []
+    for r in restrictions:
+        hit = [key for key, masks in known.items() if same(r.masks, masks)]
+        if not hit:
+            return None
+        heads.append(hit[0])
+    offsets, start = {}, 0
+    for name, n in zip(flat.param_names, flat.numels):
+        offsets[name], start = start, start + n
+    shapes = {w: tuple(getattr(model.blocks[0].attn, w).shape[1:]) for w in _HEAD_WEIGHTS}
+    sizes = [math.prod(shapes[w]) for w in _HEAD_WEIGHTS]
+    index = torch.stack(
+        [
+            torch.cat([torch.arange(n) + offsets[f"blocks.{i}.attn.{w}"] + h * n for w, n in zip(_HEAD_WEIGHTS, sizes)])
+            for i, h in heads
+        ]
+    ).to(flat.w0.device)  # (R, the head's coordinates in W_Q, W_K, W_V, W_O order)
+
+    def grad_and_loss(w_rows: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        per_row = targets.numel() * model.cfg.d_vocab
+        chunk = max(1, _ROW_ELEMENTS // per_row)
+        grads, losses = torch.zeros_like(w_rows), torch.empty(len(w_rows), dtype=w_rows.dtype, device=w_rows.device)
+        for lo in range(0, len(w_rows), chunk):
+            rows = slice(lo, lo + chunk)
+            theta = w_rows[rows].gather(1, index[rows]).detach().requires_grad_()
+            parts = theta.split(sizes, dim=1)
+            weights = {w: p.view(len(theta), *shapes[w]) for w, p in zip(_HEAD_WEIGHTS, parts)}
+            logits = model.head_rows_logits(inputs, heads[rows], weights)
+            ce = F.cross_entropy(logits.flatten(0, 2), targets.repeat(len(theta), 1).flatten(), reduction="none")
+            loss = ce.view(len(theta), -1).mean(1)  # eq. (1) per row
+            (g,) = torch.autograd.grad(loss.sum(), theta)
+            grads[rows] = grads[rows].scatter(1, index[rows], g)
+            losses[rows] = loss.detach()
+        return grads, losses
+
+    return grad_and_loss
 
 
 def fixed(config: dict, n: int, stream: str) -> torch.Tensor:
@@ -471,6 +532,9 @@ class LanguageSetting(Setting):
 
     def restrictions(self, model: nn.Module) -> dict[str, Restriction]:
         return restriction_vocabulary(model)
+
+    def restriction_stack(self, model: nn.Module, flat, restrictions):
+        return head_stack(model, flat, restrictions)
 
     def restriction_groups(self, model: nn.Module) -> dict[str, list[str]]:
         L, H = model.cfg.n_layers, model.cfg.n_heads

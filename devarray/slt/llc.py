@@ -38,7 +38,7 @@ from .diagnostics import (
     warn_unhealthy,
 )
 from .restrictions import Restriction, resolve
-from .sgld import LossFn, SGLDSettings, check_dataset, run_chains, sgld_settings
+from .sgld import LossFn, SGLDSettings, StackFactory, check_dataset, run_chains, sgld_settings
 
 
 @torch.no_grad()
@@ -155,6 +155,7 @@ def estimate_llc(
     drift_z: float = DRIFT_Z,
     min_ess: float = MIN_ESS,
     restrictions: Sequence[Restriction | str] | None = None,
+    stack: StackFactory | None = None,
     **sampler_kwargs,
 ) -> xr.Dataset:
     """Estimate the LLC of ``model`` at its current parameters w* (eq. 3) with SGLD.
@@ -177,7 +178,8 @@ def estimate_llc(
     dimension labelled by the restrictions' names: C chains per restriction, all run together
     (row r·C + c; chain c of each restriction shares chain c's batches and noise). Each
     restriction's divergence threshold defaults to max(d_V, 100); attr ``restriction_size``
-    lists d_V.
+    lists d_V. ``stack`` (a setting's :meth:`~devarray.settings.Setting.restriction_stack`) lets
+    the sampler compute all restrictions of a chain in one call where it can (``method`` "shared").
     """
     if settings is None:
         settings = sgld_settings(**sampler_kwargs)
@@ -201,6 +203,7 @@ def estimate_llc(
             method=method,
             compile=compile,
             progress=progress,
+            stack=stack,
             divergence_threshold=divergence_threshold,
             diagnostics=dict(drift_threshold=drift_threshold, drift_z=drift_z, min_ess=min_ess),
             attrs={"num_params": num_params, "dataset_size": n, "init_loss_rows": rows, "seed": seed},

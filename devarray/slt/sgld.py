@@ -26,7 +26,10 @@ the coordinates of a subset V, the rest frozen at w*. Several restrictions run t
 stack of R × C chains (row r·C + c is chain c of restriction r) through the same batched or loop
 gradient; chain c of every restriction uses chain c's batches and noise, and the noise is drawn
 over all trainable parameters and read at V's coordinates, so a restriction's numbers do not
-depend on which others it runs with (bitwise on the loop path).
+depend on which others it runs with (bitwise on the loop path). A setting may also *stack* its
+restrictions (``stack=``, e.g. the language model's heads, :meth:`devarray.settings.Setting.
+restriction_stack`): then the "shared" path computes chain c's rows of every restriction in one
+call on their common minibatch, the part of the network no restriction moves done once.
 
 Samplers: ``"sgld"`` is the update above. ``"rmsprop_sgld"`` is the RMSProp-preconditioned SGLD
 of Li et al. (2016, "Preconditioned stochastic gradient Langevin dynamics for deep neural
@@ -60,7 +63,13 @@ from ..seeding import derive_seed
 from .flat import FlatLoss, LossFn
 from .restrictions import Restriction
 
-METHODS = ("auto", "batched", "loop")
+METHODS = ("auto", "batched", "loop", "shared")
+
+StackFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+"""``(w_rows, *batch) -> (grads, losses)``: R restrictions' rows (R, P) of a flat on one shared
+batch, with their gradients (R, P) (zero off each row's coordinates) and losses (R,)."""
+StackFactory = Callable[[nn.Module, FlatLoss, Sequence[Restriction]], StackFn | None]
+"""``(model, flat, restrictions) -> StackFn``, or None when it cannot stack these restrictions."""
 SAMPLERS = ("sgld", "rmsprop_sgld")
 
 
@@ -277,6 +286,8 @@ def choose_method(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "shared":
+        raise ValueError("method='shared' needs restrictions the setting can stack; use 'auto', 'loop' or 'batched'")
     if method != "auto":
         return method
     if stacked and device.type == "cpu":
@@ -296,7 +307,7 @@ def _chain_threads(method: str, device: torch.device, compile: bool, num_chains:
     its core's cache (benchmarks/llc_throughput.py's loop/1-at-a-time column). Every chain's
     arithmetic is the same single-threaded sequence either way, so the numbers are bitwise those
     of a sequential single-threaded loop (tested). Compiled gradients run one chain at a time."""
-    if method != "loop" or device.type != "cpu" or compile:
+    if method not in ("loop", "shared") or device.type != "cpu" or compile:
         return 1
     return max(1, min(torch.get_num_threads(), num_chains))
 
@@ -364,6 +375,7 @@ def run_chains(
     loss_limit: float | Sequence[float] = math.inf,
     chain_threads: int | None = None,
     restrictions: Sequence[Restriction] | None = None,
+    stack: StackFactory | None = None,
 ) -> ChainSamples:
     """Run ``settings.num_chains`` SGLD chains from the model's current parameters w*.
 
@@ -378,17 +390,55 @@ def run_chains(
     see :func:`_chain_threads`; 1 runs them one at a time, each on all threads).
     ``restrictions`` (default: none, every trainable parameter) runs C chains for each, stacked
     as described in the module docstring; ``loss_limit`` may then give one limit per restriction.
+    ``stack`` builds the "shared" path for them where it can; ``method`` "auto" then takes it.
     """
     n = check_dataset(dataset, settings.batch_size)
+    served = shared_rows(model, loss_fn, restrictions, stack, method, compile)
+    if served and len(served) < len(restrictions):  # the stackable restrictions shared, the rest alone
+        kw = dict(seed=seed, progress=progress, chain_threads=chain_threads)
+        limits = torch.as_tensor(loss_limit, dtype=torch.float64).expand(len(restrictions)).tolist()
+        rest = [i for i in range(len(restrictions)) if i not in served]
+        parts = [
+            run_chains(
+                model,
+                loss_fn,
+                dataset,
+                settings,
+                method="shared",
+                stack=stack,
+                **kw,
+                restrictions=[restrictions[i] for i in served],
+                loss_limit=[limits[i] for i in served],
+            ),
+            run_chains(
+                model,
+                loss_fn,
+                dataset,
+                settings,
+                method="auto" if method == "shared" else method,
+                **kw,
+                compile=compile,
+                restrictions=[restrictions[i] for i in rest],
+                loss_limit=[limits[i] for i in rest],
+            ),
+        ]
+        return _merge(parts, [served, rest], settings.num_chains)
     flat, masks = _restricted(model, loss_fn, restrictions)
     device, dtype = flat.w0.device, flat.w0.dtype
     data = tuple(x.to(device) for x in dataset)
     R = len(restrictions) if restrictions else 1
     C, m, P = settings.num_chains, settings.batch_size, flat.w0.numel()
     rows = R * C
-    method = choose_method(method, device, tuple(x[:m] for x in data), rows, stacked=R > 1)
+    stacked = _stacked(model, flat, restrictions, stack, method, compile)
+    if stacked is not None:
+        method = "shared"
+    else:
+        method = choose_method(method, device, tuple(x[:m] for x in data), rows, stacked=R > 1)
 
-    grad_fn = _compiled(model, loss_fn, method, flat) if compile else _grad_fn(flat, method)
+    if method == "shared":
+        grad_fn = None
+    else:
+        grad_fn = _compiled(model, loss_fn, method, flat) if compile else _grad_fn(flat, method)
 
     gens = [chain_generators(seed, c, device) for c in range(C)]
     streams = [_BatchStream(n, m, g) for g, _ in gens]
@@ -422,6 +472,8 @@ def run_chains(
         raise ValueError("chain_threads > 1 serves the eager per-chain loop only; use method='loop' without compile")
     else:
         workers = min(int(chain_threads), rows)
+    if method == "shared":  # one call per chain serves all its restrictions' rows
+        workers = min(workers, C)
     local = threading.local()
     start = time.perf_counter()
     with _chain_pool(workers) as pool:
@@ -436,6 +488,15 @@ def run_chains(
                 fn = local.grad_fn
             return fn(w[c], *(x[c] for x in batch))
 
+        def chain_stack(c: int, batch: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+            fn = stacked
+            if pool is not None:
+                if not hasattr(local, "stacked"):
+                    torch.set_num_threads(1)
+                    local.stacked = stack(copy.deepcopy(model), flat, restrictions)
+                fn = local.stacked
+            return fn(w[c::C], *(x[c] for x in batch))  # rows r·C + c share chain c's batch
+
         for t in steps:
             idx = torch.stack([s.next() for s in streams]).to(device).repeat(R, 1)
             batch = tuple(x[idx] for x in data)  # (R·C, m, ...)
@@ -444,6 +505,14 @@ def run_chains(
             xi = (noise if flat.index is None else noise[:, flat.index]).repeat(R, 1)
             if method == "batched":
                 grad, loss = grad_fn(w, *batch)
+            elif method == "shared":
+                grad, loss = torch.empty_like(w), torch.empty(rows, device=device, dtype=dtype)
+                chains = range(C)
+                results = (
+                    pool.map(chain_stack, chains, [batch] * C) if pool else (chain_stack(c, batch) for c in chains)
+                )
+                for c, (g, ell) in enumerate(results):
+                    grad[c::C], loss[c::C] = g, ell
             else:
                 grad, loss = torch.zeros_like(w), torch.full((rows,), float("nan"), device=device, dtype=dtype)
                 live = alive.nonzero().flatten().tolist()
@@ -470,6 +539,44 @@ def run_chains(
     losses, diverged_step = losses.cpu(), diverged_step.cpu()  # waits for the device
     sizes = (P,) * R if masks is None else tuple(int(k) for k in masks.sum(1).tolist())
     return ChainSamples(losses, diverged_step, method, P, time.perf_counter() - start, sizes)
+
+
+def _stacked(model, flat, restrictions, stack, method, compile) -> StackFn | None:
+    if not stack or not restrictions or len(restrictions) < 2 or compile or method not in ("auto", "shared"):
+        return None
+    return stack(model, flat, restrictions)
+
+
+def shared_rows(
+    model: nn.Module,
+    loss_fn: LossFn,
+    restrictions: Sequence[Restriction] | None,
+    stack: StackFactory | None,
+    method: str = "auto",
+    compile: bool = False,
+) -> list[int]:
+    """Which restrictions :func:`run_chains` runs on the "shared" path (at least two, else none):
+    those ``stack`` can serve; the others run alone on the usual path."""
+    if not stack or not restrictions or len(restrictions) < 2 or compile or method not in ("auto", "shared"):
+        return []
+    ok = [i for i, r in enumerate(restrictions) if stack(model, _restricted(model, loss_fn, [r])[0], [r]) is not None]
+    return ok if len(ok) >= 2 else []
+
+
+def _merge(parts: list[ChainSamples], rows: list[list[int]], C: int) -> ChainSamples:
+    """Chain samples of several groups of restrictions, back in the restrictions' order."""
+    order = [i for group in rows for i in group]
+    back = torch.tensor([order.index(i) for i in range(len(order))])
+    per_row = (back[:, None] * C + torch.arange(C)).flatten()  # block r of the result is block back[r]
+    sizes = [k for p in parts for k in p.num_params_per_restriction]
+    return ChainSamples(
+        torch.cat([p.loss for p in parts])[per_row],
+        torch.cat([p.diverged_step for p in parts])[per_row],
+        "+".join(dict.fromkeys(p.method for p in parts)),
+        parts[0].num_params,
+        sum(p.seconds for p in parts),
+        tuple(sizes[b] for b in back.tolist()),
+    )
 
 
 def _restricted(
