@@ -105,11 +105,15 @@ class Attention(nn.Module):
         self, qk_in: torch.Tensor, v_in: torch.Tensor, need_weights: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         # (B, T, D) -> (B, H, T, E)
+        z, pattern = self.attend(*self.qkv(qk_in, v_in), need_weights)
+        return torch.einsum("bhte,hed->btd", z, self.W_O) + self.b_O, pattern
+
+    def qkv(self, qk_in: torch.Tensor, v_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values (B, H, T, E) of every head."""
         q = torch.einsum("btd,hde->bhte", qk_in, self.W_Q) + self.b_Q[:, None]
         k = torch.einsum("btd,hde->bhte", qk_in, self.W_K) + self.b_K[:, None]
         v = torch.einsum("btd,hde->bhte", v_in, self.W_V) + self.b_V[:, None]
-        z, pattern = self.attend(q, k, v, need_weights)
-        return torch.einsum("bhte,hed->btd", z, self.W_O) + self.b_O, pattern
+        return q, k, v
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, need_weights: bool = True
@@ -125,10 +129,7 @@ class Attention(nn.Module):
 
     def head_outputs(self, qk_in: torch.Tensor, v_in: torch.Tensor) -> torch.Tensor:
         """Each head's contribution to the residual stream, (B, H, T, D), without ``b_O``."""
-        q = torch.einsum("btd,hde->bhte", qk_in, self.W_Q) + self.b_Q[:, None]
-        k = torch.einsum("btd,hde->bhte", qk_in, self.W_K) + self.b_K[:, None]
-        v = torch.einsum("btd,hde->bhte", v_in, self.W_V) + self.b_V[:, None]
-        z, _ = self.attend(q, k, v, need_weights=False)
+        z, _ = self.attend(*self.qkv(qk_in, v_in), need_weights=False)
         return torch.einsum("bhte,hed->bhtd", z, self.W_O)
 
 

@@ -541,10 +541,12 @@ def run_chains(
     return ChainSamples(losses, diverged_step, method, P, time.perf_counter() - start, sizes)
 
 
+def _may_share(restrictions, stack, method: str, compile: bool) -> bool:
+    return bool(stack and restrictions and len(restrictions) > 1 and not compile and method in ("auto", "shared"))
+
+
 def _stacked(model, flat, restrictions, stack, method, compile) -> StackFn | None:
-    if not stack or not restrictions or len(restrictions) < 2 or compile or method not in ("auto", "shared"):
-        return None
-    return stack(model, flat, restrictions)
+    return stack(model, flat, restrictions) if _may_share(restrictions, stack, method, compile) else None
 
 
 def shared_rows(
@@ -557,7 +559,7 @@ def shared_rows(
 ) -> list[int]:
     """Which restrictions :func:`run_chains` runs on the "shared" path (at least two, else none):
     those ``stack`` can serve; the others run alone on the usual path."""
-    if not stack or not restrictions or len(restrictions) < 2 or compile or method not in ("auto", "shared"):
+    if not _may_share(restrictions, stack, method, compile):
         return []
     ok = [i for i, r in enumerate(restrictions) if stack(model, _restricted(model, loss_fn, [r])[0], [r]) is not None]
     return ok if len(ok) >= 2 else []
