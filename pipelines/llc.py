@@ -272,7 +272,8 @@ def settings_from_attrs(attrs: dict) -> dict:
         "seed": int(attrs["seed"]),
         "dataset_size": int(attrs["dataset_size"]),
         "init_loss_rows": int(attrs["init_loss_rows"]),
-        "method": attrs["method"],
+        # a path with "+" ran heads shared and the other restrictions by the rule of "auto"
+        "method": "auto" if "+" in attrs["method"] else attrs["method"],
         "compile": bool(attrs["compile"]),
         "restrictions": list(attrs["restrictions"]) if "restrictions" in attrs else None,
         "data": list(attrs["data"]) if "data" in attrs else None,

@@ -168,3 +168,6 @@ def test_heads_of_the_language_model_run_on_the_shared_path_and_say_so(tmp_path)
     names = list(ds.restriction.values) + ["all"]
     attrs = llc.sampler_attrs(RunStore.open(path), SETTINGS, 0, 256, None, restrictions=names)
     assert attrs["method"].startswith("shared+")
+    # redo reads the arguments back from the attrs and takes the same path (the fingerprint's "method")
+    for stored in (dict(ds.attrs), attrs):
+        assert llc.sampler_attrs(RunStore.open(path), **llc.settings_from_attrs(stored))["method"] == stored["method"]
