@@ -22,7 +22,7 @@ import xarray as xr
 
 from devarray import schemas
 from devarray.checkpoints import load_model
-from devarray.errors import StoreError
+from devarray.errors import ConfigError, StoreError
 from devarray.models.attention import attention_implementation
 from devarray.settings import setting_for
 from devarray.slt import SGLDSettings, estimate_llc
@@ -130,6 +130,12 @@ def sampler_attrs(
     vocabulary = setting.restrictions(model) if restrictions else {}
     resolved = [vocabulary[r] for r in restrictions] if restrictions else None
     shared = shared_rows(model, setting.loss, resolved, setting.restriction_stack, method, compile)
+    if method == "shared" and not shared:
+        raise ConfigError(
+            "--method shared needs at least two restrictions that the setting computes together (the "
+            "language model's heads: --restrict heads); use --method auto, loop or batched",
+            argument="method",
+        )
     rest = len(restrictions or ()) - len(shared)
     if shared:
         rows = settings.num_chains * rest

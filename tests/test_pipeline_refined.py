@@ -120,6 +120,8 @@ def _one_line_exit_2(argv, capsys):
         (["--data", "ood-inputs-g-1"], "unknown SGLD dataset 'ood-inputs-g-1'"),
         (["--sampler", "sghmc"], "invalid choice: 'sghmc'.*rmsprop_sgld"),
         (["--rmsprop-alpha", "0.9"], "add --sampler rmsprop_sgld"),
+        (["--method", "shared"], "--method shared needs"),  # the regression setting stacks nothing
+        (["--method", "shared", "--restrict", "heads"], "--method shared needs"),
         (["--sampler", "rmsprop_sgld", "--rmsprop-alpha", "1"], "--rmsprop-alpha: 1 is not a number in \\[0, 1\\)"),
     ],
 )
@@ -167,7 +169,7 @@ def test_heads_of_the_language_model_run_on_the_shared_path_and_say_so(tmp_path)
     # with "all" beside the heads, the heads share and "all" runs alone
     names = list(ds.restriction.values) + ["all"]
     attrs = llc.sampler_attrs(RunStore.open(path), SETTINGS, 0, 256, None, restrictions=names)
-    assert attrs["method"].startswith("shared+")
+    assert attrs["method"].startswith("shared+") and attrs["attention"].startswith("sdpa")  # what each part ran
     # redo reads the arguments back from the attrs and takes the same path (the fingerprint's "method")
     for stored in (dict(ds.attrs), attrs):
         assert llc.sampler_attrs(RunStore.open(path), **llc.settings_from_attrs(stored))["method"] == stored["method"]

@@ -23,5 +23,6 @@ def attention_implementation(model: nn.Module, method: str, compile: bool = Fals
     """Which attention a first-derivative pass of ``model`` runs on SGLD path ``method``:
     "sdpa" or "explicit" (recorded with every LLC estimate)."""
     fused = bool(getattr(model, "fused_attention", False))
-    paths = set(method.split("+"))  # "shared+loop": heads shared, the other restrictions alone
-    return "sdpa" if fused and paths <= {"loop", "shared"} and not compile else "explicit"
+    # "shared+batched": heads on the shared path, the other restrictions alone on the batched one
+    ran = ["sdpa" if fused and path in ("loop", "shared") and not compile else "explicit" for path in method.split("+")]
+    return "+".join(dict.fromkeys(ran))
