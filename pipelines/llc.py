@@ -17,7 +17,6 @@ import dataclasses
 from dataclasses import asdict
 
 import numpy as np
-import torch
 import xarray as xr
 
 from devarray import schemas
@@ -26,7 +25,7 @@ from devarray.errors import ConfigError, StoreError
 from devarray.models.attention import attention_implementation
 from devarray.settings import setting_for
 from devarray.slt import SGLDSettings, estimate_llc
-from devarray.slt.sgld import choose_method, shared_rows
+from devarray.slt.sgld import planned_method
 from devarray.store import RunStore, VarSpec
 
 from .runner import (
@@ -124,24 +123,28 @@ def sampler_attrs(
     Restrictions and datasets enter only when given, so a plain run's fingerprint is unchanged."""
     setting = setting_for(store.config)
     example = setting.sgld_dataset(store.config, settings.batch_size)
-    rows = settings.num_chains * (len(restrictions) if restrictions else 1)
     model = setting.build_model(store.config)
     model.fused_attention = True
     vocabulary = setting.restrictions(model) if restrictions else {}
-    resolved = [vocabulary[r] for r in restrictions] if restrictions else None
-    shared = shared_rows(model, setting.loss, resolved, setting.restriction_stack, method, compile)
-    if method == "shared" and not shared:
+    try:
+        path = planned_method(
+            model,
+            setting.loss,
+            example,
+            settings.num_chains,
+            restrictions=[vocabulary[r] for r in restrictions] if restrictions else None,
+            stack=setting.restriction_stack,
+            method=method,
+            compile=compile,
+        )
+    except ValueError as e:
+        if method != "shared":
+            raise
         raise ConfigError(
             "--method shared needs at least two restrictions that the setting computes together (the "
             "language model's heads: --restrict heads); use --method auto, loop or batched",
             argument="method",
-        )
-    rest = len(restrictions or ()) - len(shared)
-    if shared:
-        rows = settings.num_chains * rest
-    several = bool(restrictions) and rest > 1
-    path = choose_method("auto" if method == "shared" else method, torch.device("cpu"), example, rows, stacked=several)
-    path = "shared" if shared and not rest else f"shared+{path}" if shared else path
+        ) from e
     refined = {}
     if restrictions:
         refined |= {

@@ -345,3 +345,31 @@ def test_heads_beside_other_restrictions_share_and_the_others_run_alone():
         estimate_llc(
             model, next_token_loss, (tokens,), restrictions=[heads[0], everything(model)], method="shared", **kw
         )
+
+
+@pytest.mark.parametrize(
+    "names, method, stacked",
+    [
+        (["head 0.0", "head 1.2"], "auto", True),
+        (["head 0.0", "all", "head 1.2"], "auto", True),
+        (["head 0.0", "all", "head 1.2"], "shared", True),
+        (["head 0.0", "head 1.2"], "loop", True),
+        (["head 0.0", "embed"], "auto", True),  # one head alone: nothing to share
+        (["all"], "auto", True),
+        (["head 0.0", "head 1.2"], "auto", False),  # no stack given
+    ],
+)
+def test_the_planned_path_is_the_path_the_sampler_takes(names, method, stacked):
+    # the llc group's fingerprint records the planned path before anything runs
+    from devarray.slt.sgld import planned_method
+
+    s, model, tokens, _ = _tiny_lm_heads()
+    vocab = s.restrictions(model)
+    restrictions = [vocab[n] for n in names]
+    settings = sgld_settings(batch_size=8, nbeta=5.0, epsilon=1e-3, localization=100.0, num_chains=2, num_draws=1)
+    stack = s.restriction_stack if stacked else None
+    ran = run_chains(model, next_token_loss, (tokens,), settings, method=method, restrictions=restrictions, stack=stack)
+    planned = planned_method(
+        model, next_token_loss, (tokens[:8],), 2, restrictions=restrictions, stack=stack, method=method
+    )
+    assert planned == ran.method

@@ -429,11 +429,8 @@ def run_chains(
     R = len(restrictions) if restrictions else 1
     C, m, P = settings.num_chains, settings.batch_size, flat.w0.numel()
     rows = R * C
-    stacked = _stacked(model, flat, restrictions, stack, method, compile)
-    if stacked is not None:
-        method = "shared"
-    else:
-        method = choose_method(method, device, tuple(x[:m] for x in data), rows, stacked=R > 1)
+    stacked = stack(model, flat, restrictions) if served else None  # served is every restriction here
+    method = "shared" if served else choose_method(method, device, tuple(x[:m] for x in data), rows, stacked=R > 1)
 
     if method == "shared":
         grad_fn = None
@@ -541,14 +538,6 @@ def run_chains(
     return ChainSamples(losses, diverged_step, method, P, time.perf_counter() - start, sizes)
 
 
-def _may_share(restrictions, stack, method: str, compile: bool) -> bool:
-    return bool(stack and restrictions and len(restrictions) > 1 and not compile and method in ("auto", "shared"))
-
-
-def _stacked(model, flat, restrictions, stack, method, compile) -> StackFn | None:
-    return stack(model, flat, restrictions) if _may_share(restrictions, stack, method, compile) else None
-
-
 def shared_rows(
     model: nn.Module,
     loss_fn: LossFn,
@@ -559,10 +548,34 @@ def shared_rows(
 ) -> list[int]:
     """Which restrictions :func:`run_chains` runs on the "shared" path (at least two, else none):
     those ``stack`` can serve; the others run alone on the usual path."""
-    if not _may_share(restrictions, stack, method, compile):
+    if not (stack and restrictions and len(restrictions) > 1 and not compile and method in ("auto", "shared")):
         return []
     ok = [i for i, r in enumerate(restrictions) if stack(model, _restricted(model, loss_fn, [r])[0], [r]) is not None]
     return ok if len(ok) >= 2 else []
+
+
+def planned_method(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batch_example: Sequence[torch.Tensor],
+    num_chains: int,
+    *,
+    restrictions: Sequence[Restriction] | None = None,
+    stack: StackFactory | None = None,
+    method: str = "auto",
+    compile: bool = False,
+    device: torch.device | None = None,
+) -> str:
+    """The path :func:`run_chains` takes with these arguments, as ``ChainSamples.method`` records
+    it (``"shared+loop"``: the stackable restrictions shared, the others alone on the loop), known
+    before anything runs; ``batch_example`` is one minibatch of the dataset."""
+    served = shared_rows(model, loss_fn, restrictions, stack, method, compile)
+    rest = (len(restrictions) if restrictions else 1) - len(served)
+    if not rest:
+        return "shared"
+    device = device or torch.device("cpu")
+    path = choose_method("auto" if served else method, device, batch_example, num_chains * rest, stacked=rest > 1)
+    return f"shared+{path}" if served else path
 
 
 def _merge(parts: list[ChainSamples], rows: list[list[int]], C: int) -> ChainSamples:
@@ -575,7 +588,7 @@ def _merge(parts: list[ChainSamples], rows: list[list[int]], C: int) -> ChainSam
         torch.cat([p.loss for p in parts])[per_row],
         torch.cat([p.diverged_step for p in parts])[per_row],
         "+".join(dict.fromkeys(p.method for p in parts)),
-        parts[0].num_params,
+        max(p.num_params for p in parts),  # the widest flat of the parts
         sum(p.seconds for p in parts),
         tuple(sizes[b] for b in back.tolist()),
     )
