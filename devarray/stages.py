@@ -88,8 +88,7 @@ class StageOptions:
         "tolerance", judged against the neighbours, not the global maximum; the geometric mean is
         scale-free, so a stage 20× smaller than the one beside it keeps its plateau, yet the dip
         must be deep against both). 0.2: the figure-1b-like test curve's LR1→LR2 saddle dips to
-        11 % of that mean and its LR3→LR4 saddle to 5 %, the quick language run's end of LM1 (the
-        bigram score's minimum, step ~800) to 16 %, while two equal rises whose speed dips to a
+        11 % of that mean and its LR3→LR4 saddle to 5 %, while two equal rises whose speed dips to a
         quarter between them stay one stage.
     min_noise: floor on the learned noise variance (the extra term when ``noise`` is given) as a
         fraction of var(y). 1e-6 is numerical jitter only: the GP's noise, hence its band, comes

@@ -5,8 +5,8 @@ and appendix E's contrast: the one-layer model learns the bigrams too but never 
 induction head (prefix matching stays at chance).
 
 Trains the quick preset (seed 0, as `devarray demo lm` does) on two threads, as the demo runs on
-a 2-core machine: a few minutes each there. Whether the LLC curve's boundaries fall at these two
-events is `lm_stage_check`'s question, printed by the demo.
+a 2-core machine: a few minutes each there. The two-layer run is trained once and shared: its LLC
+curve's boundaries must fall at these two events (`lm_stage_check`, which the demo prints).
 """
 
 import os
@@ -14,11 +14,12 @@ import os
 import numpy as np
 import pytest
 import torch
-from devarray.pipelines import observe
+from devarray.pipelines import llc, observe, stages
 from devarray.pipelines.runner import done
 
 from devarray.observables.language.structure import INDUCTION_THRESHOLD
-from devarray.settings.language import icl_score
+from devarray.settings import get
+from devarray.settings.language import icl_score, lm_stage_check, lm_stage_report
 from devarray.store import RunStore
 from devarray.train import make_config, train
 
@@ -37,7 +38,7 @@ def _train_quick(tmp_path, **overrides):
     loss = evaluation.test_loss
     # LM1: the loss passes the unigram optimum, then reaches the exact bigram entropy by step ~1,000
     reached = loss.step[loss <= h2 + 0.05 * (h1 - h2)]
-    assert loss.sel(step=43) < h1 + 0.1 and 400 <= int(reached[0]) <= 1100
+    assert loss.sel(step=33) < h1 + 0.1 and 400 <= int(reached[0]) <= 1100
     return path, evaluation, int(reached[0])
 
 
@@ -48,9 +49,14 @@ def _prefix_matching(path, steps=None):
     return done(ds, "done_prefix_matching_score").prefix_matching_score.load()
 
 
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    return _train_quick(tmp_path_factory.mktemp("lm-quick"))
+
+
 @pytest.mark.slow
-def test_quick_lm_run_learns_bigrams_then_forms_induction(tmp_path):
-    path, evaluation, reached = _train_quick(tmp_path)
+def test_quick_lm_run_learns_bigrams_then_forms_induction(quick_run):
+    path, evaluation, reached = quick_run
     h2 = evaluation.attrs["bigram_entropy"]
     loss, icl = evaluation.test_loss, icl_score(evaluation)
     # no copying before it: the ICL score is not negative while the model learns bigrams
@@ -74,3 +80,14 @@ def test_quick_one_layer_run_learns_bigrams_and_never_forms_induction(tmp_path):
     assert pm.sizes["step"] == evaluation.sizes["step"] and float(pm.max()) < 0.1
     # and it gains little from the context once it has the bigrams (the two-layer run: below −0.8)
     assert float(icl_score(evaluation).sel(step=slice(reached, None)).min()) > -0.15
+
+
+@pytest.mark.slow
+def test_quick_lm_llc_curve_has_a_boundary_at_lm1s_end_and_one_where_induction_forms(quick_run):
+    # figure 1a: the LLC's plateaus end LM1 (bigram statistics) and mark the induction circuit
+    path, evaluation, _ = quick_run
+    preset = get("lm").llc_presets_for(RunStore.open(path, mode="r").config)["quick"]
+    llc.run(path, preset.settings(), dataset_size=preset.dataset_size, progress=False)
+    check = lm_stage_check(stages.run(path), evaluation)
+    assert check["bigram_ok"], lm_stage_report(check)
+    assert check["induction_boundary"] is not None, lm_stage_report(check)
