@@ -12,15 +12,19 @@ temporary store, loads its last checkpoint, and runs both samplers with the sett
 (per-token cross entropy averaged over positions, eq. 1), its fixed SGLD dataset and its quick LLC
 preset (C, m, T, burn-in, ε, nβ = m / log m, γ); ``--chains``/``--draws`` override the preset.
 
-devinterp 2.0.1's estimator entry points (``devinterp.slt.llc.llc`` → ``sampling.sample``)
-import ``transformers`` at module level and take Hugging Face datasets of ``input_ids``; where
-they cannot be imported the script says so and compares against devinterp's own SGLD update,
-``devinterp.optim.SGMCMC.sgld``, driven the way ``devinterp.slt.sampler.sample_single_chain``
-drives it (one deep-copied model per chain, a shuffled DataLoader, the minibatch loss recorded
-before each ``optimizer.step()``, LLC = nβ (mean loss − init loss) as ``compute_llc``). The two
-samplers use different random streams, so the estimates agree up to sampling noise: the script
-prints the difference in units of its standard error, and the speed ratio (time per chain-step,
-init loss included, best of two rounds run in opposite orders).
+devinterp 2.0.1's language entry point, ``devinterp.slt.llc.llc`` (→ ``sampling.sample``), imports
+``transformers`` at module level and takes a Hugging Face dataset of ``input_ids``. For
+``--setting lm`` the script runs it as a researcher would — the same checkpoint, SGLD tokens
+(as a ``datasets.Dataset``), ε, nβ, γ, C, T, burn-in and batch size, a per-token loss of the same
+model, its own init loss (32 batches per chain) and zarr output — and times it all-in. Both
+settings also compare against devinterp's bare SGLD update, ``devinterp.optim.SGMCMC.sgld``,
+driven the way ``devinterp.slt.sampler.sample_single_chain`` drives it (one deep-copied model per
+chain, a shuffled DataLoader, the minibatch loss recorded before each ``optimizer.step()``, LLC =
+nβ (mean loss − init loss) as ``compute_llc``, the init loss over the whole dataset as ours): the
+least work devinterp's update can be driven with. The samplers use different random streams, so
+the estimates agree up to sampling noise: the script prints each difference in units of its
+standard error, and the speed ratios (time per chain-step, init loss included, best of two
+rounds run in opposite orders).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from devarray.models.regression import RegressionTransformer
 from devarray.slt import estimate_llc
@@ -108,6 +113,70 @@ def devinterp_llc(
     return np.array(per_chain)
 
 
+class _Module(torch.nn.Module):
+    """The model behind a plain ``forward(ids) -> logits``: devinterp takes any module with a ``cfg``
+    holding ``n_heads`` for a TransformerLens model (``model.to(device, print_details=False)``)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids):
+        return self.model(ids)
+
+
+def per_token_loss(model, ids):
+    """(batch, seq − 1) next-token cross entropy, the shape devinterp's ``loss_fn`` returns."""
+    logits = model(ids[:, :-1])
+    return F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+
+
+def devinterp_entry_llc(
+    model,
+    data,
+    *,
+    epsilon,
+    nbeta,
+    localization,
+    batch_size,
+    num_chains,
+    num_draws,
+    seed,
+    num_burnin_steps=0,
+    loss_fn=per_token_loss,
+    **_,
+):
+    """devinterp 2.0.1's language entry point, ``devinterp.slt.llc.llc``, on the given model, tokens
+    and settings (its default init loss: 32 batches per chain); returns per-chain LLCs.
+
+    Its ``llc_per_chain`` averages every step's loss, burn-in included; the LLCs returned here are
+    nβ (mean loss after burn-in − init loss) from its own loss trace, the estimate both others give."""
+    from datasets import Dataset
+    from devinterp.slt.llc import llc
+
+    ds = Dataset.from_dict({"input_ids": data[0].numpy()}).with_format("torch")
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = llc(
+            model,
+            ds,
+            {},
+            lr=epsilon,
+            n_beta=nbeta,
+            localization=localization,
+            batch_size=batch_size,
+            num_chains=num_chains,
+            num_draws=num_draws,
+            num_burnin_steps=num_burnin_steps,
+            init_seed=seed,
+            device="cpu",
+            loss_fn=loss_fn,
+            output_path=Path(tmp) / "samples.zarr",
+        )
+        trace = out["loss_trace"].values[:, num_burnin_steps:]
+        return nbeta * (trace.mean(axis=1) - float(out["init_loss"]))
+
+
 def lm_case(args, path: Path):
     """The language setting's quick preset trained ``--train-steps`` steps into ``path``; its last
     checkpoint, SGLD dataset, loss and quick LLC preset (C, T, burn-in optionally overridden)."""
@@ -167,12 +236,10 @@ def main() -> None:
     try:
         import devinterp.slt.llc  # noqa: F401
 
-        print("note: devinterp.slt.llc imports, but takes HF datasets of input_ids; using its optimizer below")
+        entry = True
     except ImportError as e:
-        print(
-            f"devinterp.slt.llc cannot be imported without its dependencies ({e}); "
-            f"comparing against devinterp.optim.SGMCMC.sgld in devinterp's chain loop"
-        )
+        entry = False
+        print(f"devinterp.slt.llc cannot be imported without its dependencies ({e}); comparing its optimizer only")
 
     if args.setting == "lm":
         tmp = tempfile.TemporaryDirectory()
@@ -206,32 +273,43 @@ def main() -> None:
     def ours_fn(model, data, **k):
         return estimate_llc(model, loss_fn, data, warn=False, **k)
 
-    def theirs_fn(model, data, **k):
-        return devinterp_llc(model, data, loss_fn=loss_fn, **k)
+    theirs = {"devinterp sgld": lambda model, data, **k: devinterp_llc(model, data, loss_fn=loss_fn, **k)}
+    if entry and args.setting == "lm":
+        from devarray.models import to_hooked_transformer
+
+        # the same module (its own attention), and its TransformerLens export, devinterp's usual model
+        theirs["devinterp llc()"] = lambda model, data, **k: devinterp_entry_llc(_Module(model), data, **k)
+        hooked = to_hooked_transformer(model)
+        theirs["devinterp llc() TL"] = lambda model, data, **k: devinterp_entry_llc(hooked, data, loss_fn=None, **k)
 
     ours_fn(model, data, **kw | dict(num_draws=2))  # first-call set-up
     draws = kw["num_draws"]
     ours, t_ours = timed(ours_fn, draws)
-    theirs, t_theirs = timed(theirs_fn, draws)
+    results, times = {}, {}
+    for name, fn in theirs.items():
+        results[name], times[name] = timed(fn, draws)
     # a second, shorter round in the opposite order; each sampler keeps its best time per chain-step
-    t_theirs = min(t_theirs, timed(theirs_fn, max(draws // 3, 1))[1])
+    for name, fn in reversed(theirs.items()):
+        times[name] = min(times[name], timed(fn, max(draws // 3, 1))[1])
     t_ours = min(t_ours, timed(ours_fn, max(draws // 3, 1))[1])
 
-    a, b = ours["llc_per_chain"].values, theirs
-    se = math.hypot(a.std(ddof=1) / math.sqrt(len(a)), b.std(ddof=1) / math.sqrt(len(b)))
+    a = ours["llc_per_chain"].values
     eps, nbeta, gamma = kw["epsilon"], kw["nbeta"], kw["localization"]
     print(f"{label}, init loss {float(ours['init_loss']):.4f}, {torch.get_num_threads()} threads")
     print(
         f"settings: C={kw['num_chains']}, T={draws} (+{burnin} burn-in), m={kw['batch_size']}, n={len(data[0])}, "
         f"ε={eps}, nβ={nbeta:.2f}, γ={gamma:.1f} (β̃={eps * nbeta / 2:.4f}, γ̃={eps * gamma / 2:.4f})"
     )
-    print(f"{'':12} {'LLC mean':>9} {'std':>7} {'ms/chain-step':>14}")
-    print(f"{'devarray':12} {a.mean():9.2f} {a.std():7.2f} {t_ours * 1e3:14.1f}   ({ours.attrs['method']} path)")
-    print(f"{'devinterp':12} {b.mean():9.2f} {b.std():7.2f} {t_theirs * 1e3:14.1f}")
-    print(
-        f"difference {a.mean() - b.mean():+.2f} = {(a.mean() - b.mean()) / se:+.1f} standard errors; "
-        f"speed devarray/devinterp = {t_theirs / t_ours:.2f}x"
-    )
+    print(f"{'':16} {'LLC mean':>9} {'std':>7} {'ms/chain-step':>14}")
+    print(f"{'devarray':16} {a.mean():9.2f} {a.std():7.2f} {t_ours * 1e3:14.1f}   ({ours.attrs['method']} path)")
+    for name, b in results.items():
+        print(f"{name:16} {b.mean():9.2f} {b.std():7.2f} {times[name] * 1e3:14.1f}")
+    for name, b in results.items():
+        se = math.hypot(a.std(ddof=1) / math.sqrt(len(a)), b.std(ddof=1) / math.sqrt(len(b)))
+        print(
+            f"against {name}: difference {a.mean() - b.mean():+.2f} = {(a.mean() - b.mean()) / se:+.1f} "
+            f"standard errors; speed devarray/{name.split()[0]} = {times[name] / t_ours:.2f}x"
+        )
 
 
 if __name__ == "__main__":
