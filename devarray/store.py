@@ -61,6 +61,20 @@ class VarSpec:
         return cls(tuple(spec["dims"]), spec["dtype"], attrs, spec.get("chunk"))
 
 
+def compressor_codecs(spec: dict | None, itemsize: int) -> list | None:
+    """zarr codecs for a schema's ``compressor`` entry: ``{codec: zstd, level}`` or ``{codec: blosc,
+    cname, clevel, shuffle}`` (byte shuffle groups the float32 exponents); None stores raw chunks."""
+    if spec is None:
+        return None
+    spec = dict(spec)
+    codec = spec.pop("codec")
+    if codec == "zstd":
+        return [zarr.codecs.ZstdCodec(**spec)]
+    if codec == "blosc":
+        return [zarr.codecs.BloscCodec(typesize=itemsize, **spec)]
+    raise StoreError(f"unknown compressor codec {codec!r} in a schema; use zstd or blosc")
+
+
 def _zarr_dtype(dtype: np.dtype):
     """Text is stored as zarr's variable-length UTF-8 strings (in the v3 spec; fixed-width isn't)."""
     return str if dtype.kind in "UOT" else dtype
@@ -355,6 +369,9 @@ class RunStore:
             chunks = tuple((spec.chunk or 1) if d == index else sizes[d] for d in spec.dims)
             chunks = tuple(max(1, min(c, s)) for c, s in zip(chunks, shape)) or (1,)
             dtype = np.dtype(spec.dtype)
+            # the schema's compressor serves its float data; flags, text and indices keep zarr's default
+            floats = dtype.kind == "f" and "compressor" in schema
+            codecs = compressor_codecs(schema["compressor"], dtype.itemsize) if floats else "auto"
             with _quiet_zarr():
                 g.create_array(
                     vname,
@@ -364,6 +381,7 @@ class RunStore:
                     fill_value=_fill_value(dtype),
                     dimension_names=list(spec.dims),
                     attributes=dict(spec.attrs),
+                    compressors=codecs,
                 )
 
     def write_group(self, name: str, ds: xr.Dataset, *, overwrite: bool = False) -> None:

@@ -115,3 +115,36 @@ def test_dynamic_groups_take_new_variables_and_protect_existing(tmp_path):
     with pytest.raises(StoreError, match="fixed schema"):
         store.add_variables("hessian", {"x": spec})
     assert xr.open_zarr(tmp_path / "a.zarr", group="observables").x.dims == ("step", "g")
+
+
+def test_params_floats_use_the_schemas_compressor_losslessly(tiny_store):
+    import zarr
+
+    from devarray import schemas
+    from devarray.store import compressor_codecs
+
+    g = zarr.open_group(tiny_store, mode="r", path="params")
+    codec = g["token_embedding.weight"].compressors[0]
+    assert isinstance(codec, zarr.codecs.BloscCodec)
+    spec = schemas.load("params")["compressor"]
+    assert (codec.cname.value, codec.clevel, codec.shuffle.value) == (spec["cname"], spec["clevel"], spec["shuffle"])
+    assert not isinstance(g["done"].compressors[0], zarr.codecs.BloscCodec)  # flags keep zarr's default
+    # a group whose schema names no compressor keeps zarr's default (Zstd)
+    assert isinstance(
+        zarr.open_group(tiny_store, mode="r", path="eval")["test_loss"].compressors[0], zarr.codecs.ZstdCodec
+    )
+    # lossless, bit for bit, on floats of every kind
+    x = np.random.default_rng(0).standard_normal((3, 1000)).astype(np.float32)
+    x[0, :4] = [np.inf, -0.0, 1e-45, np.finfo(np.float32).max]
+    a = zarr.create_array(
+        zarr.storage.MemoryStore(),
+        shape=x.shape,
+        chunks=(1, 1000),
+        dtype=x.dtype,
+        compressors=compressor_codecs(spec, 4),
+    )
+    a[:] = x
+    assert a[:].tobytes() == x.tobytes()
+    assert compressor_codecs(None, 4) is None
+    with pytest.raises(StoreError, match="unknown compressor codec 'lzma'"):
+        compressor_codecs({"codec": "lzma"}, 4)
