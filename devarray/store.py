@@ -63,7 +63,8 @@ class VarSpec:
 
 def compressor_codecs(spec: dict | None, itemsize: int) -> list | None:
     """zarr codecs for a schema's ``compressor`` entry: ``{codec: zstd, level}`` or ``{codec: blosc,
-    cname, clevel, shuffle}`` (byte shuffle groups the float32 exponents); None stores raw chunks."""
+    cname, clevel, shuffle}`` (a byte or bit shuffle puts the floats' exponents side by side);
+    None stores raw chunks."""
     if spec is None:
         return None
     spec = dict(spec)

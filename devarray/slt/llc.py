@@ -42,7 +42,6 @@ from .sgld import LossFn, SGLDSettings, StackFactory, check_dataset, run_chains,
 
 
 @torch.no_grad()
-@torch.no_grad()  # a value only: no graph over n rows
 def init_loss(
     model: nn.Module, loss_fn: LossFn, dataset: Sequence[torch.Tensor], rows: int | None = None, chunk: int = 1024
 ) -> float:
