@@ -87,7 +87,9 @@ def test_quick_lm_llc_curve_has_a_boundary_at_lm1s_end_and_one_where_induction_f
     # figure 1a: the LLC's plateaus end LM1 (bigram statistics) and mark the induction circuit
     path, evaluation, _ = quick_run
     preset = get("lm").llc_presets_for(RunStore.open(path, mode="r").config)["quick"]
-    llc.run(path, preset.settings(), dataset_size=preset.dataset_size, progress=False)
+    # two threads as the demo (the chains' numbers do not depend on how many run at once)
+    threads = min(2, os.cpu_count() or 1)
+    llc.run(path, preset.settings(), dataset_size=preset.dataset_size, progress=False, threads=threads)
     check = lm_stage_check(stages.run(path), evaluation)
     assert check["bigram_ok"], lm_stage_report(check)
     assert check["induction_boundary"] is not None, lm_stage_report(check)
